@@ -83,14 +83,22 @@ class Algorithm:
     stateful_clients: ClassVar[bool] = False
     #: True for the Local baseline: one client trains alone and nothing is averaged.
     single_client: ClassVar[bool] = False
+    #: Weighting that compat="openfedllm" imposes (OpenFedLLM hard-codes one per method); None: params.weighting.
+    compat_weighting: ClassVar[Weighting | None] = None
+    #: Names of ``State | None`` attributes (server moments) that ``state_dict`` saves under ``"<name>/<key>"``.
+    server_states: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: FLParams, num_clients: int) -> None:
         if num_clients < 1:
             raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+        if params.compat not in ("paper", "openfedllm"):
+            raise ValueError(f"unknown compat {params.compat!r}; expected paper or openfedllm")
         self.params = params
         self.num_clients = num_clients
         self.server_lr = params.server_lr if params.server_lr is not None else self.default_server_lr
         self.rounds_done = 0  # server updates applied so far; part of the checkpointed state
+        for name in self.server_states:
+            setattr(self, name, None)  # created lazily at the first aggregate (shape of the adapter)
 
     # ----- client half -----
     def client_hooks(self, global_state: State, client_state: State | None) -> ClientHooks:
@@ -102,6 +110,8 @@ class Algorithm:
         if not updates:
             raise ValueError("cannot aggregate zero client updates")
         mode = self.params.weighting
+        if self.params.compat == "openfedllm" and self.compat_weighting is not None:
+            mode = self.compat_weighting
         if mode == "uniform":
             raw = [1.0] * len(updates)
         elif mode == "samples":
@@ -131,10 +141,17 @@ class Algorithm:
     # ----- checkpointing -----
     def state_dict(self) -> dict[str, Tensor | int | float]:
         """Flat server state: tensors under prefixed keys (e.g. ``"m/<param>"``) and scalars."""
-        return {"rounds_done": self.rounds_done}
+        d: dict[str, Tensor | int | float] = {"rounds_done": self.rounds_done}
+        for name in self.server_states:
+            st = getattr(self, name)
+            d.update(pack_states(name, None if st is None else S.clone(st)))
+        return d
 
     def load_state_dict(self, d: Mapping[str, Tensor | int | float]) -> None:
         self.rounds_done = int(d["rounds_done"])
+        for name in self.server_states:
+            st = unpack_state(name, d)
+            setattr(self, name, None if st is None else S.clone(st))
 
 
 def pack_states(prefix: str, state: State | None) -> dict[str, Tensor]:

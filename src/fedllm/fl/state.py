@@ -5,7 +5,7 @@ All helpers return new dicts and never modify their inputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -29,6 +29,14 @@ def zeros_like(a: State) -> State:
 
 def full_like(a: State, value: float) -> State:
     return {k: torch.full_like(v, value) for k, v in a.items()}
+
+
+def match(a: State, like: Mapping[str, Tensor]) -> State:
+    """``a``'s tensors for the keys of ``like``, on the device and dtype of ``like``'s (no copy where they match)."""
+    missing = sorted(like.keys() - a.keys())
+    if missing:
+        raise KeyError(f"adapter state lacks keys {missing[:3]}")
+    return {k: a[k].detach().to(device=v.device, dtype=v.dtype) for k, v in like.items()}
 
 
 def add(a: State, b: State) -> State:
