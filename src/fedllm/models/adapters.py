@@ -1,0 +1,121 @@
+"""LoRA adapters through peft, read and written as plain ``dict[str, Tensor]`` (fp32, CPU).
+
+One adapter slot lives on the shared base model; a simulated client is only the state loaded into it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fedllm.fl.state import State
+
+
+def attach_lora(model: Any, cfg: Any) -> Any:
+    """Wrap ``model`` with a LoRA adapter (``cfg`` is a ``config.LoraConfig``); base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    unknown = [t for t in cfg.target_modules if t not in names]
+    if unknown:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"lora.target_modules {unknown} not found in the model; its linear layers are {linear}")
+    peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)
+
+
+class AdapterSlot:
+    """The trainable parameters of a peft model under the key names peft saves them with.
+
+    Keys come from ``get_peft_model_state_dict`` and are matched to live parameters by storage,
+    so no parameter name is edited by string replacement.
+    """
+
+    def __init__(self, peft_model: Any) -> None:
+        from peft import get_peft_model_state_dict
+
+        self.model = peft_model
+        by_ptr = {p.data_ptr(): p for p in peft_model.parameters() if p.requires_grad}
+        self.params: dict[str, nn.Parameter] = {}
+        for key, tensor in get_peft_model_state_dict(peft_model).items():
+            param = by_ptr.get(tensor.data_ptr())
+            if param is None:
+                raise RuntimeError(f"adapter key {key} does not map to a trainable parameter")
+            self.params[key] = param
+        if len(self.params) != len(by_ptr):
+            raise RuntimeError(f"{len(by_ptr) - len(self.params)} trainable parameters are not part of the adapter state")
+
+    def keys(self) -> list[str]:
+        return list(self.params)
+
+    def read(self) -> State:
+        """A detached fp32 CPU copy of the current adapter."""
+        return {k: p.detach().to("cpu", torch.float32, copy=True) for k, p in self.params.items()}
+
+    @torch.no_grad()
+    def load(self, state: State) -> None:
+        """Copy ``state`` into the live parameters (keys must match exactly)."""
+        if state.keys() != self.params.keys():
+            missing = sorted(self.params.keys() - state.keys())
+            unexpected = sorted(state.keys() - self.params.keys())
+            raise KeyError(f"adapter state mismatch: missing {missing[:3]} ({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})")
+        for k, p in self.params.items():
+            v = state[k]
+            if v.shape != p.shape:
+                raise ValueError(f"adapter state {k}: shape {tuple(v.shape)} != parameter {tuple(p.shape)}")
+            p.copy_(v)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def initial_state(self, seed: int) -> State:
+        """peft's default LoRA init (A ~ kaiming-uniform(a=√5), B = 0) from an explicit seed,
+        so runs sharing one model start from the same adapter for the same seed."""
+        gen = torch.Generator().manual_seed(seed)
+        out: State = {}
+        for k, p in self.params.items():
+            t = torch.zeros(p.shape, dtype=torch.float32)
+            if ".lora_A." in k or k.endswith("lora_A.weight"):
+                nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=gen)
+            out[k] = t
+        return out
+
+
+def save_adapter(slot: AdapterSlot, state: State, out_dir: Path) -> Path:
+    """Write ``state`` as a peft adapter directory (``PeftModel.from_pretrained`` loads it), atomically."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    previous = slot.read()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        slot.load(state)
+        slot.model.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        slot.load(previous)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def load_adapter_state(adapter_dir: Path) -> State:
+    """Read a saved peft adapter's weights as an fp32 state dict."""
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (not a peft adapter directory?)")
+    return {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
+
+
+def trainable_named(slot: AdapterSlot) -> dict[str, Tensor]:
+    return dict(slot.params)

@@ -1,0 +1,77 @@
+"""Run-time choice of device and training precision.
+
+bf16 autocast trained SmolLM2-135M 2.5x faster than fp32 on a CPU with AMX and 1.9x slower on one
+with avx512_bf16 but no AMX, so ``auto`` picks bf16 only where the hardware does it well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where unavailable, e.g. macOS)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"model.device={device!r} but CUDA is not available; use cpu or auto")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device, flags: set[str] | None = None) -> str:
+    """'fp32' or 'bf16' for this hardware; 'auto' picks bf16 on CUDA with bf16 and on AMX CPUs."""
+    if precision in ("fp32", "bf16"):
+        return precision
+    if precision != "auto":
+        raise ValueError(f"unknown precision {precision!r}; expected auto, fp32 or bf16")
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    flags = cpu_flags() if flags is None else flags
+    return "bf16" if "amx_bf16" in flags else "fp32"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Weights stay fp32 (adapters and optimizer state too); compute runs under autocast for bf16."""
+
+    name: str
+    device: torch.device
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.name == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def describe_cpu() -> str:
+    """A short CPU name for benchmark records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                f = cpu_flags()
+                feats = [x for x in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if x in f]
+                return f"{name} ({', '.join(feats) or 'no avx2'}; {torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+

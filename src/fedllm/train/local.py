@@ -1,0 +1,96 @@
+"""LocalTrainer: K steps of local training of the adapter slot, with an algorithm's client hooks.
+
+The only place that runs backward passes. A fresh AdamW per client and round; the learning rate
+is constant within the round (the engine sets it from the cosine over rounds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fedllm.fl.base import ClientHooks
+from fedllm.fl.state import State
+from fedllm.models.adapters import AdapterSlot
+from fedllm.models.precision import Precision
+from fedllm.train.objectives import Objective, to_device
+
+
+@dataclass
+class LocalResult:
+    state: State  # the client's adapter after training (w_i)
+    num_steps: int
+    num_seen: int  # samples processed (with repetition)
+    num_tokens: int  # input tokens processed (padding excluded)
+    loss: float  # mean training loss over the round, weighted by loss units
+    seconds: float
+    step_losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class StepInfo:
+    step: int
+    loss: float
+    tokens: int
+    seconds: float
+
+
+class LocalTrainer:
+    def __init__(self, slot: AdapterSlot, objective: Objective, precision: Precision, pad_id: int,
+                 weight_decay: float = 0.0, max_grad_norm: float | None = 1.0) -> None:
+        self.slot = slot
+        self.objective = objective
+        self.precision = precision
+        self.pad_id = pad_id
+        self.weight_decay = weight_decay
+        self.max_grad_norm = max_grad_norm
+
+    def train(self, features: list[dict[str, Any]], steps: list[list[list[int]]], lr: float,
+              hooks: ClientHooks | None = None, on_step: Callable[[StepInfo], None] | None = None) -> LocalResult:
+        """Run ``len(steps)`` optimizer steps; ``steps[s]`` lists micro-batches of indices into ``features``."""
+        hooks = hooks or ClientHooks()
+        model = self.slot.model
+        params = self.slot.params
+        plist = list(params.values())
+        model.train()
+        opt = torch.optim.AdamW(plist, lr=lr, weight_decay=self.weight_decay)
+        t0 = time.perf_counter()
+        total_loss, total_units, seen, tokens = 0.0, 0, 0, 0
+        step_losses: list[float] = []
+        for s, micro_batches in enumerate(steps):
+            ts = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            units = sum(self.objective.units(features[i]) for mb in micro_batches for i in mb)
+            denom = max(units, 1)
+            step_loss, step_tokens = 0.0, 0
+            for mb in micro_batches:
+                batch = to_device(self.objective.collate([features[i] for i in mb], self.pad_id), self.precision.device)
+                with self.precision.autocast():
+                    loss_sum, _ = self.objective.loss_sum(model, batch)
+                (loss_sum / denom).backward()
+                step_loss += float(loss_sum.detach())
+                step_tokens += int(batch["attention_mask"].sum())
+                seen += len(mb)
+            extra = hooks.loss_term(params)
+            if extra is not None:
+                extra.backward()
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(plist, self.max_grad_norm)
+            hooks.before_step(params, lr)
+            opt.step()
+            with torch.no_grad():
+                hooks.after_step(params, lr)
+            total_loss += step_loss
+            total_units += units
+            tokens += step_tokens
+            step_losses.append(step_loss / denom)
+            if on_step is not None:
+                on_step(StepInfo(s, step_losses[-1], step_tokens, time.perf_counter() - ts))
+        opt.zero_grad(set_to_none=True)
+        return LocalResult(state=self.slot.read(), num_steps=len(steps), num_seen=seen, num_tokens=tokens,
+                           loss=total_loss / max(total_units, 1), seconds=time.perf_counter() - t0,
+                           step_losses=step_losses)

