@@ -1,0 +1,58 @@
+"""Comparison tables and plots built from run directories alone (summary.json, metrics.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from fedllm.engine.metrics import read_metrics
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no summary.json (run not finished?)")
+    summary = json.loads(summary_path.read_text())
+    evals = read_metrics(run_dir / "metrics.jsonl", "eval")
+    return {"dir": run_dir, "summary": summary, "evals": evals}
+
+
+def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        s = run["summary"]
+        final = run["evals"][-1] if run["evals"] else {}
+        rows.append({
+            "run": s["name"], "algorithm": s["algorithm"], "rounds": s["rounds"],
+            "heldout_loss": final.get("pooled_loss", math.nan), "heldout_ppl": final.get("pooled_ppl", math.nan),
+            "client_mean_loss": final.get("mean_client_loss", math.nan), "own_loss": final.get("own_loss"),
+            "train_seconds": s.get("train_seconds", math.nan),
+        })
+    return rows
+
+
+def plot_heldout(runs: list[dict[str, Any]], out: Path, title: str = "Held-out loss (all clients' test data)") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for run in runs:
+        ev = run["evals"]
+        if ev:
+            ax.plot([e["round"] for e in ev], [e["pooled_loss"] for e in ev], marker="o",
+                    label=f'{run["summary"]["name"]} ({run["summary"]["algorithm"]})')
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out loss (token-weighted, pooled)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,145 @@
+"""The `fedllm` command: train, quickstart, report, data, config."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated fine-tuning of large language models.")
+data_app = typer.Typer(no_args_is_help=True, help="Federated datasets: list, build.")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the project's own error types into a one-paragraph message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from fedllm.config import ConfigError
+        from fedllm.data.schema import DataError
+        from fedllm.engine.simulation import RunError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, RunError, FileNotFoundError) as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@_friendly
+def train(
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. fl.rounds=20 train.lr=1e-4"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run configuration"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Run a federated simulation; writes runs/<name>/ (config, metrics.jsonl, checkpoints, adapter, summary)."""
+    from fedllm.config import load_config
+    from fedllm.engine.progress import Reporter
+    from fedllm.engine.simulation import Simulation, resume_config
+
+    if resume is not None:
+        if config is not None or overrides:
+            raise typer.BadParameter("--resume uses the run's saved config.yaml; drop --config and overrides")
+        cfg = resume_config(resume)
+    else:
+        cfg = load_config(config, overrides or [])
+    summary = Simulation(cfg, reporter=Reporter(quiet=quiet)).run(resume=resume is not None)
+    final = summary.get("final_eval", {})
+    console.print(f"[green]done[/]: {cfg.run_dir}  held-out loss {final.get('pooled_loss', float('nan')):.4f}  "
+                  f"train {summary['train_seconds']:.0f}s")
+
+
+@app.command()
+@_friendly
+def quickstart(
+    output_dir: Path = typer.Option(Path("runs/quickstart"), help="where the two runs and the plot go"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides applied to both runs"),
+) -> None:
+    """Local vs FedAvg on Fed-PyCode with the embedded model: held-out loss on every client's data."""
+    from fedllm.bench.quickstart import run_quickstart
+
+    run_quickstart(output_dir, overrides or [], console)
+
+
+@app.command()
+@_friendly
+def report(
+    runs: list[Path] = typer.Argument(..., help="run directories to compare"),
+    plot: Optional[Path] = typer.Option(None, help="also write the held-out loss per round as a PNG"),
+) -> None:
+    """Compare finished runs: final held-out loss and timings, from their files alone."""
+    from fedllm.bench.report import comparison_rows, load_run, plot_heldout
+
+    loaded = [load_run(r) for r in runs]
+    print_comparison(comparison_rows(loaded))
+    if plot:
+        console.print(f"plot: {plot_heldout(loaded, plot)}")
+
+
+def print_comparison(rows: list[dict[str, Any]], title: str = "Held-out evaluation") -> None:
+    table = Table(title=title)
+    for col in ("run", "algorithm", "rounds", "held-out loss", "perplexity", "client-mean loss", "own-client loss", "train s"):
+        table.add_column(col, justify="right" if col not in ("run", "algorithm") else "left")
+    for r in rows:
+        own = r.get("own_loss")
+        table.add_row(r["run"], r["algorithm"], str(r["rounds"]), f'{r["heldout_loss"]:.4f}', f'{r["heldout_ppl"]:.2f}',
+                      f'{r["client_mean_loss"]:.4f}', "-" if own is None else f"{own:.4f}", f'{r["train_seconds"]:.0f}')
+    console.print(table)
+
+
+@app.command("config")
+@_friendly
+def show_config(
+    overrides: Optional[list[str]] = typer.Argument(None),
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+) -> None:
+    """Print the resolved configuration (defaults + file + overrides)."""
+    from fedllm.config import dump_config, load_config
+
+    console.print(dump_config(load_config(config, overrides or [])), highlight=False)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Registered datasets, their sources and whether they are built in the cache."""
+    from fedllm.data.sources import SOURCES, default_cache_dir
+
+    table = Table(title="datasets")
+    for col in ("name", "built", "description"):
+        table.add_column(col)
+    cache = default_cache_dir()
+    for name, cls in sorted(SOURCES.items()):
+        src = cls()
+        table.add_row(name, "yes" if src.is_built(cache, **src.default_kwargs) else "no", src.description)
+    console.print(table)
+
+
+@data_app.command("build")
+@_friendly
+def data_build(name: str = typer.Argument(..., help="a name from `fedllm data list`")) -> None:
+    """Build (or reuse) a registered dataset in the cache and print its counts."""
+    from fedllm.data.sources import default_cache_dir, get_source
+
+    src = get_source(name)
+    path = src.build(default_cache_dir(), **src.default_kwargs)
+    console.print(f"built {name}: {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
