@@ -62,6 +62,13 @@ def test_yaml_file_errors(tmp_path):
     assert load_config(good, ["fl.rounds=3"]).fl.algorithm == "scaffold"
 
 
+def test_registry_names_are_validated():
+    with pytest.raises(ConfigError) as e:
+        build_config({"fl": {"algorithm": "FedAvg"}, "train": {"objective": "ppo"}, "data": {"template": "x"}})
+    msg = str(e.value)
+    assert "unknown algorithm 'FedAvg'" in msg and "unknown objective 'ppo'" in msg and "unknown template 'x'" in msg
+
+
 def test_fl_params_round_trip():
     p = build_config({"fl": {"algorithm": "fedyogi", "compat": "openfedllm", "beta1": 0.5}}).fl.params()
     assert (p.algorithm, p.compat, p.beta1) == ("fedyogi", "openfedllm", 0.5)

@@ -18,6 +18,19 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@app.callback()
+def _quiet_libraries() -> None:
+    """Keep the terminal for fedllm's own progress: silence library progress bars and deprecation chatter."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the project's own error types into a one-paragraph message and exit code 2."""
 
@@ -30,7 +43,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DataError, RunError, FileNotFoundError) as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -89,9 +102,11 @@ def report(
 
 
 def print_comparison(rows: list[dict[str, Any]], title: str = "Held-out evaluation") -> None:
-    table = Table(title=title)
-    for col in ("run", "algorithm", "rounds", "held-out loss", "perplexity", "client-mean loss", "own-client loss", "train s"):
-        table.add_column(col, justify="right" if col not in ("run", "algorithm") else "left")
+    """loss/ppl: token-weighted over all clients' test data; client mean: mean of per-client losses;
+    own client: the Local baseline's loss on its own client's test data."""
+    table = Table(title=title, caption="loss, ppl: pooled over all clients' test tokens; own client: Local on its own test data")
+    for col in ("run", "method", "rounds", "loss", "ppl", "client mean", "own client", "train s"):
+        table.add_column(col, justify="right" if col not in ("run", "method") else "left")
     for r in rows:
         own = r.get("own_loss")
         table.add_row(r["run"], r["algorithm"], str(r["rounds"]), f'{r["heldout_loss"]:.4f}', f'{r["heldout_ppl"]:.2f}',

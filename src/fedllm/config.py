@@ -6,13 +6,20 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedllm.fl.base import FLParams
 
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message lists every problem."""
+
+
+def _registered(value: str, names: Any, what: str) -> str:
+    """Check a name against a registry so a typo is reported with the config's other errors."""
+    if value not in names:
+        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(sorted(names))}")
+    return value
 
 
 class _Section(BaseModel):
@@ -43,6 +50,13 @@ class DataConfig(_Section):
     max_length: int = Field(384, gt=8, description="tokens per sample after formatting; longer samples are truncated")
     build: dict[str, Any] = Field(default_factory=dict, description="arguments for building a registered dataset")
 
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        from fedllm.data.formatting import TEMPLATES
+
+        return _registered(v, TEMPLATES, "template")
+
 
 class FLConfig(_Section):
     algorithm: str = "fedavg"
@@ -57,6 +71,13 @@ class FLConfig(_Section):
     beta2: float = Field(0.99, ge=0, lt=1)
     tau: float = Field(1e-3, gt=0)
     bias_correction: bool = False
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, v: str) -> str:
+        from fedllm.fl import ALGORITHMS
+
+        return _registered(v, ALGORITHMS, "algorithm")
 
     def params(self) -> FLParams:
         return FLParams(
@@ -76,6 +97,13 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, description="clip the local gradient norm; null disables")
     group_by_length: bool = Field(True, description="batch samples of similar length to spend compute on tokens, not padding")
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, v: str) -> str:
+        from fedllm.train.objectives import OBJECTIVES
+
+        return _registered(v, OBJECTIVES, "objective")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

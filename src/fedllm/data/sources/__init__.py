@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 
 from fedllm.data.fedllm_bench import load_fedllm_bench
 from fedllm.data.schema import DataError, FederatedDataset
+from fedllm.paths import cache_root
 
 __all__ = [
     "SOURCES",
@@ -110,8 +111,7 @@ def get_source(name: str) -> DatasetSource:
 
 def default_cache_dir() -> Path:
     """`$FEDLLM_CACHE`, else ~/.cache/fedllm."""
-    env = os.environ.get("FEDLLM_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fedllm"
+    return cache_root()
 
 
 def dataset_cache_dir(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -1,0 +1,122 @@
+"""Model loading, LoRA slot and precision choice on the tiny model; the embedded model in integration tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedllm.config import build_config
+from fedllm.data.formatting import encode_sft, get_template
+from fedllm.data.schema import InstructionSample
+from fedllm.models.adapters import AdapterSlot, attach_lora, load_adapter_state, save_adapter
+from fedllm.models.loading import load_base_model
+from fedllm.models.precision import Precision, cpu_flags, resolve_precision
+from fedllm.models.tiny import build_tiny_model, save_tiny
+from fedllm.train.objectives import get_objective, token_loss_sum
+
+CPU = torch.device("cpu")
+
+
+def test_precision_auto_follows_the_hardware():
+    assert resolve_precision("auto", CPU, flags={"avx2", "avx512f", "avx512_bf16"}) == "fp32"  # bf16 slower there
+    assert resolve_precision("auto", CPU, flags={"avx512_bf16", "amx_bf16", "amx_tile"}) == "bf16"
+    assert resolve_precision("fp32", CPU, flags={"amx_bf16"}) == "fp32"
+    assert resolve_precision("bf16", CPU, flags=set()) == "bf16"
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("fp16", CPU)
+    assert "sse2" in cpu_flags("processor : 0\nflags\t\t: fpu sse2 avx2\n")
+
+
+def test_bf16_autocast_changes_compute_dtype_only():
+    lin = torch.nn.Linear(4, 4)
+    with Precision("bf16", CPU).autocast():
+        assert lin(torch.ones(1, 4)).dtype == torch.bfloat16
+    with Precision("fp32", CPU).autocast():
+        assert lin(torch.ones(1, 4)).dtype == torch.float32
+    assert lin.weight.dtype == torch.float32
+
+
+def test_local_directory_and_errors(tmp_path):
+    path = save_tiny(tmp_path / "m")
+    base = load_base_model(build_config({"model": {"name": str(path)}}).model)
+    assert base.model.config.hidden_size == 64 and base.tokenizer.chat_template
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_base_model(build_config({"model": {"name": str(tmp_path)}}).model)
+    with pytest.raises(FileNotFoundError, match="GGUF file not found"):
+        load_base_model(build_config({"model": {"name": str(tmp_path / "x.gguf")}}).model)
+
+
+def test_adapter_slot_round_trip_and_key_checks(tmp_path):
+    model = attach_lora(build_tiny_model(), build_config({"lora": {"r": 4}}).lora)
+    slot = AdapterSlot(model)
+    assert slot.keys() and all(".default." not in k for k in slot.keys())  # peft's saved key names
+    init = slot.initial_state(seed=3)
+    assert all(torch.count_nonzero(v) == 0 for k, v in init.items() if "lora_B" in k)
+    assert all(torch.count_nonzero(v) > 0 for k, v in init.items() if "lora_A" in k)
+    assert all(torch.equal(init[k], slot.initial_state(seed=3)[k]) for k in init)
+    slot.load(init)
+    got = slot.read()
+    assert all(torch.equal(got[k], init[k]) for k in init)
+    got[next(iter(got))].add_(1.0)  # a read is a copy
+    assert all(torch.equal(slot.read()[k], init[k]) for k in init)
+    with pytest.raises(KeyError, match="missing"):
+        slot.load({k: v for k, v in list(init.items())[1:]})
+    k0 = next(iter(init))
+    with pytest.raises(ValueError, match="shape"):
+        slot.load({**init, k0: torch.zeros(1)})
+    with pytest.raises(ValueError, match="not found in the model"):
+        attach_lora(build_tiny_model(), build_config({"lora": {"target_modules": ["query"]}}).lora)
+    # saving leaves the live slot untouched and round-trips exactly
+    other = {k: torch.randn_like(v) for k, v in init.items()}
+    save_adapter(slot, other, tmp_path / "adapter")
+    assert all(torch.equal(slot.read()[k], init[k]) for k in init)
+    loaded = load_adapter_state(tmp_path / "adapter")
+    assert all(torch.equal(loaded[k], other[k]) for k in other)
+
+
+def test_selective_head_loss_equals_full_logits_loss():
+    """The LM head on labelled positions only gives HF's loss (mean over labelled tokens)."""
+    model = build_tiny_model()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 1000, (2, 12), generator=gen)
+    labels = ids.clone()
+    labels[0, :5] = -100
+    labels[1, :9] = -100
+    mask = torch.ones_like(ids)
+    s, n = token_loss_sum(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    ref = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert n == 7 + 3 - 0  # shifted: positions 5..11 and 9..11 predict labelled tokens
+    assert torch.allclose(s / n, ref, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the embedded model
+
+
+@pytest.mark.integration
+def test_embedded_model_loads_trains_and_formats():
+    cfg = build_config({})
+    base = load_base_model(cfg.model)
+    tok = base.tokenizer
+    assert base.model.config.model_type == "llama" and base.model.config.num_hidden_layers == 30
+    assert getattr(base.model.config, "quantization_config", None) is None  # rebuilt, savable
+    assert "<|im_start|>" in tok.chat_template and tok.eos_token == "<|im_end|>"
+    sample = InstructionSample.single_turn("Add 2 and 3.", "2 + 3 = 5")
+    enc = encode_sft(sample, get_template("chat", tok), tok, 128)
+    trained = tok.decode([t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != -100])
+    assert trained == "2 + 3 = 5<|im_end|>"
+    model = attach_lora(base.model, cfg.lora)
+    slot = AdapterSlot(model)
+    assert slot.num_parameters() == 1_843_200  # r=16 on q/k/v/o of 30 layers
+    obj = get_objective("sft")
+    batch = obj.collate([enc], tok.pad_token_id)
+    opt = torch.optim.AdamW(list(slot.params.values()), lr=1e-3)
+    losses = []
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(3):
+        s, n = obj.loss_sum(model, batch)
+        (s / n).backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(s.detach()) / n)
+    assert losses[-1] < losses[0]
