@@ -155,3 +155,9 @@ def load_dataset(
 
 # Sources: one import per source module; importing it registers it.
 from fedllm.data.sources import fed_pycode as fed_pycode  # noqa: E402,F401
+from fedllm.data.sources import shepherd_dolly as shepherd_dolly  # noqa: E402,F401
+from fedllm.data.sources import fed_aya as fed_aya  # noqa: E402,F401
+from fedllm.data.sources import fed_chatbot_it as fed_chatbot_it  # noqa: E402,F401
+from fedllm.data.sources import fed_chatbot_pa as fed_chatbot_pa  # noqa: E402,F401
+from fedllm.data.sources import fed_wildchat as fed_wildchat  # noqa: E402,F401
+from fedllm.data.sources import fs_llm as fs_llm  # noqa: E402,F401
