@@ -1,6 +1,6 @@
 """Peak memory of a SCAFFOLD run with 10 vs 747 clients (goal: ratio <= 1.1).
 
-    .venv/bin/python benchmarks/bench_memory.py [--rounds 75] [--per-round 10]
+    .venv/bin/python -m benchmarks.bench_memory [--rounds 75] [--per-round 10]
 
 Each setting runs in its own process (peak RSS is per process). Both do the same work per round
 (10 clients, 1 local step each); with 747 clients most of them end up holding a SCAFFOLD control

@@ -1,7 +1,7 @@
 """Federation overhead: wall time of a FedAvg simulation vs a plain PyTorch loop doing the same
 optimizer steps on the same batches with the same model (goal: ratio <= 1.05).
 
-    .venv/bin/python benchmarks/bench_overhead.py [--rounds 2] [--clients 2] [--steps 4] [--repeats 3]
+    .venv/bin/python -m benchmarks.bench_overhead [--rounds 2] [--clients 2] [--steps 4] [--repeats 3]
 
 The plain loop is what a user would write by hand: per (round, client) a fresh AdamW, the
 batches fedllm draws, ``loss.backward(); clip; step``; no aggregation, metrics, checkpoints or

@@ -1,6 +1,6 @@
 """Training tokens/s of the embedded model (LoRA, fedllm's trainer step), fp32 vs bf16 autocast.
 
-    .venv/bin/python benchmarks/bench_throughput.py [--steps 4] [--batch 4] [--length 256]
+    .venv/bin/python -m benchmarks.bench_throughput [--steps 3] [--batch 4] [--length 256]
 
 Which is faster depends on the CPU (AMX makes bf16 fast; avx512_bf16 alone does not), which is why
 ``model.precision: auto`` decides at run time; this benchmark shows the numbers for this machine.
@@ -22,7 +22,7 @@ from fedllm.train.objectives import get_objective
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=256)
     args = ap.parse_args()
@@ -52,6 +52,7 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             if rep > 0:  # the first step of each precision is warm-up
                 times[name].append(time.perf_counter() - t0)
+            print(f"step {rep} {name}: {time.perf_counter() - t0:.1f}s", flush=True)
     tokens = args.batch * args.length
     for name, ts in times.items():
         results[name] = {"median_step_s": median(ts), "tokens_per_s": tokens / median(ts), "steps": len(ts)}

@@ -60,3 +60,18 @@ def test_config_shows_resolved_values():
 def test_data_list_shows_fed_pycode():
     res = runner.invoke(app, ["data", "list"])
     assert res.exit_code == 0 and "fed-pycode" in res.output
+
+
+def test_data_build_from_local_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDLLM_CACHE", str(tmp_path / "cache"))
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}.\n#### {2 * i}"} for i in range(12)]
+    src = tmp_path / "gsm8k_train.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    res = runner.invoke(app, ["data", "build", "fed-gsm8k-3", "--data-files", str(src), "--set", "num_clients=3"])
+    assert res.exit_code == 0, res.output
+    built = json.loads(next((tmp_path / "cache" / "datasets" / "fed-gsm8k-3").rglob("fed-gsm8k-3.json")).read_text())
+    assert len(built) == 3 and sum(len(v) for v in built.values()) == 12
+    res = runner.invoke(app, ["data", "build", "fed-gsm8k-3", "--set", "bogus=1"])
+    assert res.exit_code == 2 and "bogus" in res.output
+    res = runner.invoke(app, ["data", "build", "fed-pycode", "--data-files", str(src)])
+    assert res.exit_code == 2 and "drop --data-files" in res.output

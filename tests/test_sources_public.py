@@ -371,6 +371,9 @@ def test_aya_records_languages_and_default_threshold(tmp_path):
     assert man["dropped_clients"] == {"below_min_samples_100": {"clients": 1, "samples": 99}}
     assert man["params"]["languages"] == ["English", "Spanish", "French", "Russian", "Portuguese",
                                           "Simplified Chinese", "Standard Arabic", "Telugu"]
+    # a language name that occurs nowhere is an error naming it, not an empty federation
+    with pytest.raises(DataError, match=r"\['Klingon'\] do not occur"):
+        build("fed-aya", tmp_path / "c", write_jsonl(tmp_path / "aya100.jsonl", rows), languages=["Klingon"])
 
 
 def test_chatbot_it_takes_the_winners_reply(tmp_path):

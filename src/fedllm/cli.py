@@ -143,13 +143,62 @@ def data_list() -> None:
 
 @data_app.command("build")
 @_friendly
-def data_build(name: str = typer.Argument(..., help="a name from `fedllm data list`")) -> None:
+def data_build(
+    name: str = typer.Argument(..., help="a name from `fedllm data list`"),
+    data_files: Optional[list[str]] = typer.Option(None, "--data-files", help="read the source from these local files "
+                                                   "(json/jsonl/parquet/csv or a saved dataset dir) instead of the hub"),
+    options: Optional[list[str]] = typer.Option(None, "--set", help="build option key=value, e.g. --set min_samples=50"),
+) -> None:
     """Build (or reuse) a registered dataset in the cache and print its counts."""
+    from fedllm.config import ConfigError, apply_overrides
     from fedllm.data.sources import default_cache_dir, get_source
 
     src = get_source(name)
-    path = src.build(default_cache_dir(), **src.default_kwargs)
+    kwargs = apply_overrides({}, options or [])
+    if data_files:
+        if "data_files" not in src.default_kwargs:
+            raise ConfigError(f"{name} is built from installed packages, not from files; drop --data-files")
+        kwargs["data_files"] = data_files if len(data_files) > 1 else data_files[0]
+    try:
+        kwargs = src.resolve_kwargs(kwargs)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+    path = src.build(default_cache_dir(), **kwargs)
     console.print(f"built {name}: {path}")
+
+
+@data_app.command("stats")
+@_friendly
+def data_stats(
+    name: str = typer.Argument(..., help="a registered dataset name or a FedLLM-Bench file path"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output directory (default <cache>/stats/<name>/)"),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="model whose tokenizer counts tokens and that scores IFD"),
+    max_samples_per_client: int = typer.Option(8, "--max-samples-per-client", min=1, help="samples per client scored by IFD"),
+    no_ifd: bool = typer.Option(False, "--no-ifd", help="skip the IFD data-quality scores"),
+    no_embeddings: bool = typer.Option(False, "--no-embeddings", help="skip the t-SNE of sentence embeddings"),
+) -> None:
+    """Dataset statistics after FedLLM-Bench 3.3: Table 1 row, figures, stats.json and a README.md card."""
+    import time
+
+    from fedllm.data.analysis import StatsOptions, run_stats
+    from fedllm.data.analysis.util import fmt_pm
+
+    start = time.perf_counter()
+    opts = StatsOptions(max_samples_per_client=max_samples_per_client, ifd=not no_ifd, embeddings=not no_embeddings)
+    out_dir, stats = run_stats(name, out, model=model, options=opts, console=err_console)
+    t = stats["table1"]
+    table = Table(title=f"{t['dataset']}: FedLLM-Bench Table 1 row")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for label, value in (("clients", str(t["clients"])), ("samples", str(t["total_samples"])),
+                         ("samples per client", fmt_pm(t["samples_per_client"])),
+                         ("instruction tokens (client means)", fmt_pm(t["instruction_tokens"])),
+                         ("response tokens (client means)", fmt_pm(t["response_tokens"])),
+                         ("IFD (client means)", fmt_pm(t["ifd"], 3) if t["ifd"] else "not computed")):
+        table.add_row(label, value)
+    console.print(table)
+    console.print(f"wrote {out_dir}/README.md, stats.json and {len(stats['figures'])} figures "
+                  f"in {time.perf_counter() - start:.0f}s")
 
 
 def main() -> None:

@@ -28,16 +28,14 @@ def _backbone_and_head(model: Any) -> tuple[Any, Any] | None:
         return None
 
 
-def token_loss_sum(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-    """Sum of next-token cross-entropy over labelled positions, and their count.
+def labelled_token_losses(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Next-token cross-entropy at every labelled position (flat, fp32) and the mask that picks them.
 
     The LM head runs only on labelled positions (assistant tokens): with a 49k vocabulary this is a
     fifth of the forward pass that prompt tokens do not need.
     """
-    labels = batch["labels"]
-    shift = labels[:, 1:]
+    shift = batch["labels"][:, 1:]
     mask = shift != -100
-    count = int(mask.sum())
     parts = _backbone_and_head(model)
     if parts is None:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
@@ -45,9 +43,13 @@ def token_loss_sum(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
         decoder, head = parts
         hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         logits = head(hidden[:, :-1][mask])
-    if count == 0:
-        return logits.sum() * 0.0, 0
-    return F.cross_entropy(logits.float(), shift[mask], reduction="sum"), count
+    return F.cross_entropy(logits.float(), shift[mask], reduction="none"), mask
+
+
+def token_loss_sum(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
+    """Sum of next-token cross-entropy over labelled positions, and their count."""
+    losses, mask = labelled_token_losses(model, batch)
+    return losses.sum(), int(mask.sum())
 
 
 class Objective:

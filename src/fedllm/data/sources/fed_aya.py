@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from fedllm.data.schema import InstructionSample
+from fedllm.data.schema import DataError, InstructionSample
 from fedllm.data.sources import register_source
 from fedllm.data.sources.hub import INPUT_KWARGS, Built, Drops, PublicSource, Row, select_clients, text_field
 
@@ -53,8 +53,10 @@ class FedAya(PublicSource):
         languages = set(params["languages"])
         groups: dict[str, list[InstructionSample]] = defaultdict(list)
         langs: dict[str, Counter[str]] = defaultdict(Counter)
+        seen: Counter[str | None] = Counter()
         for row in rows:
             language = text_field(row, "language", self.name)
+            seen[language] += 1
             if language not in languages:
                 drops.row("language_not_selected")
                 continue
@@ -68,6 +70,13 @@ class FedAya(PublicSource):
                 continue
             groups[user].append(InstructionSample.single_turn(inputs, targets))
             langs[user][language] += 1
+        absent = sorted(languages - set(seen))
+        if absent:  # a misspelt language would otherwise silently shrink the federation
+            present = ", ".join(sorted(str(k) for k in seen if k))
+            msg = f"{self.name}: requested languages {absent} do not occur in the input (its languages: {present})"
+            if len(absent) == len(languages):
+                raise DataError(msg)
+            print(f"warning: {msg}")
         kept = select_clients(groups, drops, min_samples=params["min_samples"], max_clients=params["max_clients"])
         meta = {cid: {"languages": dict(sorted(langs[cid].items()))} for cid in kept}
         return Built(kept, meta)
