@@ -34,6 +34,7 @@ from typing import Any
 from fedllm.data.fedllm_bench import atomic_write, write_fedllm_bench
 from fedllm.data.schema import DataError, InstructionSample
 from fedllm.data.sources import DatasetSource, register_source
+from fedllm.data.sources.builds import MANIFEST_FILE, file_sha256, read_build_manifest
 
 __all__ = [
     "BUILDER_VERSION",
@@ -50,7 +51,6 @@ __all__ = [
 
 BUILDER_VERSION = 1  # bump when extraction or formatting changes: it is part of the cache key
 DATA_FILE = "fed-pycode.json"
-MANIFEST_FILE = "manifest.json"
 
 # Distributions that fedllm itself installs (its dependencies and theirs) and that ship enough real
 # Python source to give >= 40 samples; they span deep learning, numerics, symbolic maths, graphs,
@@ -432,14 +432,6 @@ def _select(
     return kept
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _manifest(
     plan: _Plan, stats: dict[str, dict[str, Any]], kept: dict[str, list[FunctionSample]], data: Path
 ) -> dict[str, Any]:
@@ -460,25 +452,13 @@ def _manifest(
         "python": platform.python_version(),
         "params": params,
         "data_file": data.name,
-        "content_sha256": _sha256(data),
+        "content_sha256": file_sha256(data),
         "num_clients": len(kept),
         "num_samples": sum(map(len, kept.values())),
         "clients": {n: len(s) for n, s in kept.items()},
         "distributions": dict(sorted(dists.items())),
         "dropped": dict(sorted(totals.items())),
     }
-
-
-def _read_manifest(build_dir: Path, key: str) -> dict[str, Any] | None:
-    """The manifest of a complete, uncorrupted build with this key, else None."""
-    try:
-        manifest = json.loads((build_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-        data = build_dir / manifest["data_file"]
-        if manifest.get("cache_key") == key and _sha256(data) == manifest["content_sha256"]:
-            return manifest
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
 
 
 def build_fed_pycode(cache_dir: str | os.PathLike[str], **kwargs: Any) -> Path:
@@ -494,7 +474,7 @@ def build_fed_pycode(cache_dir: str | os.PathLike[str], **kwargs: Any) -> Path:
     progress = bool(params["progress"])
     cache_dir = Path(cache_dir)
     final = cache_dir / plan.key
-    if _read_manifest(final, plan.key) is not None:
+    if read_build_manifest(final, plan.key) is not None:
         _say(progress, f"fed-pycode: using cached build {final}")
         return final / DATA_FILE
     start = time.perf_counter()
@@ -517,7 +497,7 @@ def build_fed_pycode(cache_dir: str | os.PathLike[str], **kwargs: Any) -> Path:
         manifest = _manifest(plan, stats, kept, data)
         atomic_write(tmp / MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"))
         if final.exists():  # a stale or broken build under the same key, or a concurrent builder's
-            if _read_manifest(final, plan.key) is not None:
+            if read_build_manifest(final, plan.key) is not None:
                 shutil.rmtree(tmp)
                 return final / DATA_FILE
             shutil.rmtree(final)
@@ -569,4 +549,4 @@ class FedPyCode(DatasetSource):
     def is_built(self, cache_dir: Path, **kwargs: Any) -> bool:
         """Whether a complete build for these arguments and the installed versions is cached."""
         plan = _plan(self.resolve_kwargs(kwargs))
-        return _read_manifest(self.dataset_dir(cache_dir) / plan.key, plan.key) is not None
+        return read_build_manifest(self.dataset_dir(cache_dir) / plan.key, plan.key) is not None

@@ -44,10 +44,7 @@ from typing import Any, Callable, ClassVar
 from fedllm.data.fedllm_bench import atomic_write, write_fedllm_bench
 from fedllm.data.schema import DataError, InstructionSample, Message, Sample
 from fedllm.data.sources import DatasetSource
-
-# The manifest check and file hash of Fed-PyCode (same manifest fields: cache_key, data_file,
-# content_sha256), reused so that both kinds of build are validated the same way.
-from fedllm.data.sources.fed_pycode import _read_manifest, _sha256
+from fedllm.data.sources.builds import MANIFEST_FILE, file_sha256, read_build_manifest
 
 __all__ = [
     "INPUT_KWARGS",
@@ -69,7 +66,6 @@ __all__ = [
     "user_turns",
 ]
 
-MANIFEST_FILE = "manifest.json"
 SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
 _SPLIT_WORDS = {"train", "test", "validation", "valid", "dev", "eval"}
 
@@ -110,7 +106,7 @@ def _file_sha256(path: Path) -> str:
     st = path.stat()
     memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
     if memo not in _HASHES:
-        _HASHES[memo] = _sha256(path)
+        _HASHES[memo] = file_sha256(path)
     return _HASHES[memo]
 
 
@@ -605,7 +601,7 @@ class PublicSource(DatasetSource):
             _, _, key = self._plan(kwargs)
         except DataError:
             return False
-        return _read_manifest(self.dataset_dir(cache_dir) / key, key) is not None
+        return read_build_manifest(self.dataset_dir(cache_dir) / key, key) is not None
 
     def build(self, cache_dir: Path, **kwargs: Any) -> Path:
         """Build or reuse <cache_dir>/datasets/<name>/<key>/<name>.json (+ manifest.json); returns the
@@ -614,7 +610,7 @@ class PublicSource(DatasetSource):
         progress = bool(params["progress"])
         root = self.dataset_dir(cache_dir)
         final = root / key
-        if _read_manifest(final, key) is not None:
+        if read_build_manifest(final, key) is not None:
             say(progress, f"{self.name}: using cached build {final}")
             return final / self.data_file_name
         start = time.perf_counter()
@@ -655,11 +651,11 @@ def publish_build(root: Path, key: str, clients: Mapping[str, list[Sample]], man
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{key}-"))
     try:
         data = write_fedllm_bench(clients, tmp / data_name)
-        manifest["content_sha256"] = _sha256(data)
+        manifest["content_sha256"] = file_sha256(data)
         text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
         atomic_write(tmp / MANIFEST_FILE, lambda f: f.write(text))
         if final.exists():  # a stale or broken build under the same key, or a concurrent builder's
-            if _read_manifest(final, key) is not None:
+            if read_build_manifest(final, key) is not None:
                 shutil.rmtree(tmp)
                 return final / data_name
             shutil.rmtree(final)

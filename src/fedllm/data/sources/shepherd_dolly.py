@@ -46,7 +46,7 @@ from fedllm.data.fedllm_bench import atomic_write, parse_record, record_from_sam
 from fedllm.data.partition import Splitter, apply_partition, get_splitter
 from fedllm.data.schema import DataError, InstructionSample
 from fedllm.data.sources import DatasetSource, register_source
-from fedllm.data.sources.fed_pycode import _read_manifest, _sha256
+from fedllm.data.sources.builds import MANIFEST_FILE, file_sha256, read_build_manifest
 from fedllm.seeding import derive_seed
 
 __all__ = [
@@ -63,7 +63,6 @@ __all__ = [
 BUILDER_VERSION = 1  # part of the cache key: bump when the output of a build changes
 HUB_ID = "databricks/databricks-dolly-15k"
 DOLLY_FIELDS = ("instruction", "context", "response", "category")
-MANIFEST_FILE = "manifest.json"
 GLOBAL_TEST_FILE = "global_test.json"
 PLOT_FILE = "partition.png"
 _FORMATS = (".json", ".jsonl", ".parquet")
@@ -195,7 +194,7 @@ def _plan(name: str, splitter_name: str, params: Mapping[str, Any]) -> _Plan:
     else:
         paths = _data_paths(params["data_files"])
         params["data_files"] = [str(p) for p in paths]
-        data = {"data_files_sha256": [_sha256(p) for p in paths]}
+        data = {"data_files_sha256": [file_sha256(p) for p in paths]}
     blob = {
         "builder": BUILDER_VERSION,
         "source": name,
@@ -273,12 +272,12 @@ def _write_global_test(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _is_complete(build_dir: Path, key: str) -> bool:
     """Whether `build_dir` holds a complete build with this key: manifest, data and global test intact."""
-    manifest = _read_manifest(build_dir, key)
+    manifest = read_build_manifest(build_dir, key)
     if manifest is None:
         return False
     test = manifest.get("global_test")
     try:
-        return test is None or _sha256(build_dir / test["file"]) == test["sha256"]
+        return test is None or file_sha256(build_dir / test["file"]) == test["sha256"]
     except (OSError, KeyError, TypeError):
         return False
 
@@ -320,7 +319,7 @@ def _write_build(plan: _Plan, out: Path, data_file: str) -> dict[str, Any]:
         _write_global_test([rows[i] for i in test_idx], out / GLOBAL_TEST_FILE)
         global_test = {
             "file": GLOBAL_TEST_FILE,
-            "sha256": _sha256(out / GLOBAL_TEST_FILE),
+            "sha256": file_sha256(out / GLOBAL_TEST_FILE),
             "num_samples": len(test_idx),
             "per_category": dict(sorted(Counter(rows[i]["category"] for i in test_idx).items())),
             "seed": test_seed,
@@ -336,7 +335,7 @@ def _write_build(plan: _Plan, out: Path, data_file: str) -> dict[str, Any]:
         "params": {k: v for k, v in params.items() if k != "progress"},
         "input": plan.data,
         "data_file": data_file,
-        "content_sha256": _sha256(data),
+        "content_sha256": file_sha256(data),
         "plot_file": PLOT_FILE,
         "num_rows": len(raw),
         "dropped": dropped,
