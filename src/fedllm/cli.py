@@ -93,25 +93,12 @@ def report(
     plot: Optional[Path] = typer.Option(None, help="also write the held-out loss per round as a PNG"),
 ) -> None:
     """Compare finished runs: final held-out loss and timings, from their files alone."""
-    from fedllm.bench.report import comparison_rows, load_run, plot_heldout
+    from fedllm.bench.report import comparison_rows, load_run, plot_heldout, print_comparison
 
     loaded = [load_run(r) for r in runs]
-    print_comparison(comparison_rows(loaded))
+    print_comparison(comparison_rows(loaded), console)
     if plot:
         console.print(f"plot: {plot_heldout(loaded, plot)}")
-
-
-def print_comparison(rows: list[dict[str, Any]], title: str = "Held-out evaluation") -> None:
-    """loss/ppl: token-weighted over all clients' test data; client mean: mean of per-client losses;
-    own client: the Local baseline's loss on its own client's test data."""
-    table = Table(title=title, caption="loss, ppl: pooled over all clients' test tokens; own client: Local on its own test data")
-    for col in ("run", "method", "rounds", "loss", "ppl", "client mean", "own client", "train s"):
-        table.add_column(col, justify="right" if col not in ("run", "method") else "left")
-    for r in rows:
-        own = r.get("own_loss")
-        table.add_row(r["run"], r["algorithm"], str(r["rounds"]), f'{r["heldout_loss"]:.4f}', f'{r["heldout_ppl"]:.2f}',
-                      f'{r["client_mean_loss"]:.4f}', "-" if own is None else f"{own:.4f}", f'{r["train_seconds"]:.0f}')
-    console.print(table)
 
 
 @app.command("config")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedllm.bench.report import comparison_rows, load_run, plot_heldout
+from fedllm.bench.report import comparison_rows, load_run, plot_heldout, print_comparison
 from fedllm.config import RunConfig, load_config
 
 
@@ -28,7 +28,6 @@ def quickstart_configs(output_dir: Path, overrides: list[str]) -> tuple[RunConfi
 
 
 def run_quickstart(output_dir: Path, overrides: list[str], console: Console) -> None:
-    from fedllm.cli import print_comparison
     from fedllm.engine.progress import Reporter
     from fedllm.engine.simulation import Session, Simulation, load_federation
 
@@ -51,7 +50,7 @@ def run_quickstart(output_dir: Path, overrides: list[str], console: Console) -> 
         Simulation(cfg, session=session, dataset=dataset, reporter=reporter).run()
     runs = [load_run(local_cfg.run_dir), load_run(fedavg_cfg.run_dir)]
     rows = comparison_rows(runs)
-    print_comparison(rows, title="Held-out loss on every client's test data (lower is better)")
+    print_comparison(rows, console, title="Held-out loss on every client's test data (lower is better)")
     plot = plot_heldout(runs, output_dir / "heldout_loss.png")
     local_loss, fed_loss = rows[0]["heldout_loss"], rows[1]["heldout_loss"]
     verdict = "beats" if fed_loss < local_loss else "does NOT beat"

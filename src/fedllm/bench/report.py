@@ -7,6 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from fedllm.engine.metrics import read_metrics
 
 
@@ -57,3 +60,16 @@ def plot_heldout(runs: list[dict[str, Any]], out: Path, title: str = "Held-out l
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def print_comparison(rows: list[dict[str, Any]], console: Console, title: str = "Held-out evaluation") -> None:
+    """loss/ppl: token-weighted over all clients' test data; client mean: mean of per-client losses;
+    own client: the Local baseline's loss on its own client's test data."""
+    table = Table(title=title, caption="loss, ppl: pooled over all clients' test tokens; own client: Local on its own test data")
+    for col in ("run", "method", "rounds", "loss", "ppl", "client mean", "own client", "train s"):
+        table.add_column(col, justify="right" if col not in ("run", "method") else "left")
+    for r in rows:
+        own = r.get("own_loss")
+        table.add_row(r["run"], r["algorithm"], str(r["rounds"]), f'{r["heldout_loss"]:.4f}', f'{r["heldout_ppl"]:.2f}',
+                      f'{r["client_mean_loss"]:.4f}', "-" if own is None else f"{own:.4f}", f'{r["train_seconds"]:.0f}')
+    console.print(table)

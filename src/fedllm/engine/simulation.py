@@ -20,7 +20,7 @@ import torch
 
 from fedllm.config import RunConfig, dump_config, load_config
 from fedllm.data.formatting import get_template
-from fedllm.data.schema import ClientData, FederatedDataset
+from fedllm.data.schema import FederatedDataset
 from fedllm.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from fedllm.engine.metrics import MetricsLog
 from fedllm.engine.progress import Reporter
@@ -111,8 +111,7 @@ class Simulation:
         self.trainer = LocalTrainer(self.slot, self.objective, base.precision, self.pad_id,
                                     weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm)
         self.store = ClientStateStore(self.run_dir / "client_state") if self.algorithm.stateful_clients else None
-        self.num_samples = {cid: self._client(cid).num_train for cid in ids}
-        self.heldout = self._encode_heldout()
+        self.num_samples, self.heldout = self._scan_clients()
         self.adapter_bytes = S.num_bytes(self.slot.read())
         self.setup_seconds = time.perf_counter() - t0
 
@@ -125,21 +124,21 @@ class Simulation:
             raise RunError(f"fl.local_client={which!r} is not a client id (e.g. {self.client_ids[:3]})")
         return which
 
-    def _client(self, cid: str) -> ClientData:
-        return self.dataset[cid]
-
     def _encode(self, samples: list[Any]) -> list[dict[str, Any]]:
         c = self.cfg.data
         return [self.objective.encode(s, self.template, self.tokenizer, c.max_length) for s in samples]
 
-    def _encode_heldout(self) -> dict[str, list[dict[str, Any]]]:
+    def _scan_clients(self) -> tuple[dict[str, int], dict[str, list[dict[str, Any]]]]:
+        """One pass over the clients: training-set sizes (aggregation weights) and encoded test sets."""
         cap = self.cfg.eval.max_samples_per_client
-        out = {}
+        sizes, heldout = {}, {}
         for cid in self.client_ids:
-            test = self._client(cid).test[:cap] if cap else self._client(cid).test
+            client = self.dataset[cid]
+            sizes[cid] = client.num_train
+            test = client.test[:cap] if cap else client.test
             if test:
-                out[cid] = self._encode(test)
-        return out
+                heldout[cid] = self._encode(test)
+        return sizes, heldout
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -166,7 +165,7 @@ class Simulation:
             self.reporter.info(f"resuming {self.run_dir} after round {start_round}")
         else:
             if self.store is not None:
-                self.store.restore(Path("/nonexistent"))
+                self.store.clear()
             metrics.truncate(0)
             _atomic_write(self.run_dir / "config.yaml", dump_config(cfg))
             global_state = self.slot.initial_state(derive_seed(cfg.seed, "lora-init"))
@@ -184,9 +183,8 @@ class Simulation:
                 if (cfg.eval.every and done % cfg.eval.every == 0) or done == rounds:
                     history.append(self._evaluate(done, global_state, metrics, timing))
                 if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == rounds:
-                    info = {"metrics_offset": 0, "timing": timing, "history": history}
                     metrics.write("checkpoint", round=done)
-                    info["metrics_offset"] = metrics.offset()
+                    info = {"metrics_offset": metrics.offset(), "timing": timing, "history": history}
                     save_checkpoint(ckpt_root, done, global_state, self.algorithm.state_dict(), self.store, info,
                                     keep=cfg.checkpoint.keep)
                 progress.advance()
@@ -223,7 +221,7 @@ class Simulation:
 
     def _train_client(self, r: int, cid: str, global_state: S.State, lr: float, metrics: MetricsLog, progress: Any) -> tuple[ClientUpdate, float]:
         cfg, alg = self.cfg, self.algorithm
-        client = self._client(cid)
+        client = self.dataset[cid]
         if not client.train:
             raise RunError(f"client {cid!r} has no training samples")
         feats = self._encode(client.train)

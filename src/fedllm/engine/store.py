@@ -42,10 +42,13 @@ class ClientStateStore:
         for f in self.root.glob("*.safetensors"):
             _link_or_copy(f, dest / f.name)
 
-    def restore(self, src: Path) -> None:
-        """Make the store exactly the snapshot in ``src``."""
+    def clear(self) -> None:
         for f in self.root.iterdir():
             f.unlink()
+
+    def restore(self, src: Path) -> None:
+        """Make the store exactly the snapshot in ``src`` (empty if there is none)."""
+        self.clear()
         if src.is_dir():
             for f in src.glob("*.safetensors"):
                 _link_or_copy(f, self.root / f.name)

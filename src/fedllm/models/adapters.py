@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from fedllm.fl.state import State
 
@@ -115,7 +115,3 @@ def load_adapter_state(adapter_dir: Path) -> State:
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (not a peft adapter directory?)")
     return {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
-
-
-def trainable_named(slot: AdapterSlot) -> dict[str, Tensor]:
-    return dict(slot.params)

@@ -17,9 +17,7 @@ import json
 import os
 import platform
 import re
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -34,7 +32,7 @@ from typing import Any
 from fedllm.data.fedllm_bench import atomic_write, write_fedllm_bench
 from fedllm.data.schema import DataError, InstructionSample
 from fedllm.data.sources import DatasetSource, register_source
-from fedllm.data.sources.builds import MANIFEST_FILE, file_sha256, read_build_manifest
+from fedllm.data.sources.builds import MANIFEST_FILE, build_key, file_sha256, read_build_manifest, say, staging
 
 __all__ = [
     "BUILDER_VERSION",
@@ -320,7 +318,7 @@ def cache_key(params: Mapping[str, Any], versions: Mapping[str, str | None]) -> 
         "params": {k: params[k] for k in _KEY_PARAMS},
         "versions": dict(sorted(versions.items())),
     }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return build_key(blob)
 
 
 @dataclass
@@ -350,11 +348,6 @@ def _plan(kwargs: Mapping[str, Any]) -> _Plan:
 # --------------------------------------------------------------------------------------------
 # Build
 # --------------------------------------------------------------------------------------------
-
-
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def _dist_tasks(
@@ -393,7 +386,7 @@ def _extract_all(
             stats[name]["dropped"].update(reasons)
             remaining[name] -= 1
             if not remaining[name]:
-                _say(progress, f"  {name} {stats[name]['version']}: {stats[name]['files_parsed']} files, "
+                say(progress, f"  {name} {stats[name]['version']}: {stats[name]['files_parsed']} files, "
                      f"{len(candidates[name])} candidate functions")
     finally:
         if pool:
@@ -475,12 +468,12 @@ def build_fed_pycode(cache_dir: str | os.PathLike[str], **kwargs: Any) -> Path:
     cache_dir = Path(cache_dir)
     final = cache_dir / plan.key
     if read_build_manifest(final, plan.key) is not None:
-        _say(progress, f"fed-pycode: using cached build {final}")
+        say(progress, f"fed-pycode: using cached build {final}")
         return final / DATA_FILE
     start = time.perf_counter()
     for name in plan.missing:
-        _say(progress, f"fed-pycode: skipping {name}: not installed")
-    _say(progress, f"fed-pycode: extracting functions from {len(plan.dists)} distributions -> {final}")
+        say(progress, f"fed-pycode: skipping {name}: not installed")
+    say(progress, f"fed-pycode: extracting functions from {len(plan.dists)} distributions -> {final}")
     fparams = FilterParams(**{k: params[k] for k in FilterParams.__dataclass_fields__})
     candidates, stats = _extract_all(plan, fparams, int(params["workers"]), progress)
     kept = _select(candidates, stats, params)
@@ -490,22 +483,11 @@ def build_fed_pycode(cache_dir: str | os.PathLike[str], **kwargs: Any) -> Path:
     if not clients:
         raise DataError(f"fed-pycode: no distribution has min_samples={params['min_samples']} samples; "
                         f"counts: { {n: st['samples'] for n, st in stats.items()} }")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".tmp-{plan.key}-"))
-    try:
+    with staging(cache_dir, plan.key) as tmp:
         data = write_fedllm_bench(clients, tmp / DATA_FILE)
         manifest = _manifest(plan, stats, kept, data)
         atomic_write(tmp / MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"))
-        if final.exists():  # a stale or broken build under the same key, or a concurrent builder's
-            if read_build_manifest(final, plan.key) is not None:
-                shutil.rmtree(tmp)
-                return final / DATA_FILE
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _say(progress, format_summary(manifest, seconds=time.perf_counter() - start))
+    say(progress, format_summary(manifest, seconds=time.perf_counter() - start))
     return final / DATA_FILE
 
 

@@ -30,9 +30,6 @@ import io
 import json
 import os
 import re
-import shutil
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -44,7 +41,7 @@ from typing import Any, Callable, ClassVar
 from fedllm.data.fedllm_bench import atomic_write, write_fedllm_bench
 from fedllm.data.schema import DataError, InstructionSample, Message, Sample
 from fedllm.data.sources import DatasetSource
-from fedllm.data.sources.builds import MANIFEST_FILE, file_sha256, read_build_manifest
+from fedllm.data.sources.builds import MANIFEST_FILE, build_key, file_sha256, read_build_manifest, say, staging
 
 __all__ = [
     "INPUT_KWARGS",
@@ -78,11 +75,6 @@ INPUT_KWARGS: Mapping[str, Any] = MappingProxyType(
     }
 )
 _NOT_CONTENT = ("data_files", "revision", "split", "hub_id", "progress")  # keyed through InputSpec instead
-
-
-def say(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,8 +572,7 @@ class PublicSource(DatasetSource):
             "params": self.content_params(params),
             "input": spec.fingerprint(),
         }
-        key = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return params, spec, key
+        return params, spec, build_key(blob)
 
     @staticmethod
     def content_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -646,21 +637,9 @@ class PublicSource(DatasetSource):
 def publish_build(root: Path, key: str, clients: Mapping[str, list[Sample]], manifest: dict[str, Any], data_name: str) -> Path:
     """Write data file + manifest (last, with the data file's sha256 filled in) into a temporary
     sibling directory, then rename it to root/key; an existing valid build under the key wins."""
-    final = root / key
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{key}-"))
-    try:
+    with staging(root, key) as tmp:
         data = write_fedllm_bench(clients, tmp / data_name)
         manifest["content_sha256"] = file_sha256(data)
         text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
         atomic_write(tmp / MANIFEST_FILE, lambda f: f.write(text))
-        if final.exists():  # a stale or broken build under the same key, or a concurrent builder's
-            if read_build_manifest(final, key) is not None:
-                shutil.rmtree(tmp)
-                return final / data_name
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final / data_name
+    return root / key / data_name

@@ -24,17 +24,12 @@ summary and per-client category counts), written to a temporary directory and re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import shutil
-import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -46,7 +41,7 @@ from fedllm.data.fedllm_bench import atomic_write, parse_record, record_from_sam
 from fedllm.data.partition import Splitter, apply_partition, get_splitter
 from fedllm.data.schema import DataError, InstructionSample
 from fedllm.data.sources import DatasetSource, register_source
-from fedllm.data.sources.builds import MANIFEST_FILE, file_sha256, read_build_manifest
+from fedllm.data.sources.builds import MANIFEST_FILE, build_key, file_sha256, read_build_manifest, say, staging
 from fedllm.seeding import derive_seed
 
 __all__ = [
@@ -202,18 +197,12 @@ def _plan(name: str, splitter_name: str, params: Mapping[str, Any]) -> _Plan:
                    if k not in _NOT_KEYED and not (paths and k in ("dataset", "revision"))},
         "data": data,
     }
-    key = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return _Plan(name, params, splitter, data, paths, key)
+    return _Plan(name, params, splitter, data, paths, build_key(blob))
 
 
 # --------------------------------------------------------------------------------------------
 # Build
 # --------------------------------------------------------------------------------------------
-
-
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def _valid(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -282,27 +271,6 @@ def _is_complete(build_dir: Path, key: str) -> bool:
         return False
 
 
-@contextmanager
-def _staging(cache_dir: Path, key: str) -> Iterator[Path]:
-    """A temporary sibling of cache_dir/key to write a build into. When the block succeeds it is
-    renamed to cache_dir/key (or dropped if a complete build got there first); when it fails it is
-    removed, so a crash never leaves a build that looks done."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".tmp-{key}-"))
-    final = cache_dir / key
-    try:
-        yield tmp
-        if final.exists():  # a stale or broken build under the same key, or a concurrent builder's
-            if _is_complete(final, key):
-                shutil.rmtree(tmp)
-                return
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _write_build(plan: _Plan, out: Path, data_file: str) -> dict[str, Any]:
     """Load, hold out the global test, split and write everything into `out`; returns the manifest."""
     name, params = plan.name, plan.params
@@ -359,14 +327,14 @@ def build_shepherd_dolly(name: str, splitter_name: str, cache_dir: str | os.Path
     cache_dir = Path(cache_dir)
     data_file = f"{name}.json"
     if _is_complete(cache_dir / plan.key, plan.key):
-        _say(progress, f"{name}: using cached build {cache_dir / plan.key}")
+        say(progress, f"{name}: using cached build {cache_dir / plan.key}")
         return cache_dir / plan.key / data_file
     start = time.perf_counter()
     what = "data files" if plan.paths else plan.params["dataset"]
-    _say(progress, f"{name}: loading {what} -> {cache_dir / plan.key}")
-    with _staging(cache_dir, plan.key) as tmp:
+    say(progress, f"{name}: loading {what} -> {cache_dir / plan.key}")
+    with staging(cache_dir, plan.key, _is_complete) as tmp:
         manifest = _write_build(plan, tmp, data_file)
-    _say(progress, format_summary(manifest, seconds=time.perf_counter() - start))
+    say(progress, format_summary(manifest, seconds=time.perf_counter() - start))
     return cache_dir / plan.key / data_file
 
 
