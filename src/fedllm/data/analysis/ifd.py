@@ -39,7 +39,8 @@ from rich.console import Console
 from torch import Tensor
 
 from fedllm.data.analysis.corpus import Federation, scored_replies
-from fedllm.data.analysis.util import JsonlCache, progress_bar, seeded_order, stable_hash
+from fedllm.jsonl import JsonlCache
+from fedllm.data.analysis.util import progress_bar, seeded_order, stable_hash
 from fedllm.data.formatting import Template, collate, encode_preference
 from fedllm.data.schema import Message, PreferenceSample
 

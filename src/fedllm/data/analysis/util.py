@@ -7,13 +7,12 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -66,45 +65,6 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-class JsonlCache:
-    """Append-only key -> JSON value store in one file: each finished result is written and flushed as it
-    comes, so an interrupted run keeps what it computed and the next run resumes; a torn last line is
-    ignored. `hits` and `misses` count lookups since the cache was opened."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.data: dict[str, Any] = {}
-        self.hits = self.misses = 0
-        if path is not None and path.is_file():
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                        self.data[rec["k"]] = rec["v"]
-                    except (ValueError, KeyError, TypeError):
-                        continue  # a line cut by an interruption
-
-    def get(self, key: str) -> Any:
-        if key in self.data:
-            self.hits += 1
-            return self.data[key]
-        self.misses += 1
-        return None
-
-    def put_many(self, items: Iterable[tuple[str, Any]]) -> None:
-        lines = []
-        for key, value in items:
-            self.data[key] = value
-            lines.append(json.dumps({"k": key, "v": value}, separators=(",", ":")) + "\n")
-        if self.path is None or not lines:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
 
 
 @contextlib.contextmanager
