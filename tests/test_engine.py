@@ -45,7 +45,20 @@ def test_fedavg_run_writes_outputs_and_learns(tmp_path):
     rounds = [e for e in events if e["event"] == "round"]
     assert len(rounds) == 4 and all(len(r["clients"]) == 2 for r in rounds)
     clients = [e for e in events if e["event"] == "client"]
-    assert all(c["steps"] == 6 and c["bytes_up"] == summary["adapter_bytes"] > 0 for c in clients)
+    # bytes are the serialized adapter as it travels: the raw tensors plus the safetensors header
+    wire = summary["cost"]["bytes_per_transfer"]
+    assert summary["adapter_bytes"] < wire < summary["adapter_bytes"] + 20_000
+    assert all(c["steps"] == 6 and c["bytes_up"] == c["bytes_down"] == wire for c in clients)
+    setup = next(e for e in events if e["event"] == "setup")
+    body, lora = setup["body_parameters"], summary["adapter_parameters"]
+    head = sim.slot.model.get_base_model().lm_head.weight.numel()
+    for c in clients:  # 4 FLOPs per frozen body weight and token, 6 per LoRA weight, head only on labelled tokens
+        assert c["flops"] == 4 * body * c["tokens"] + 6 * lora * c["tokens"] + 6 * head * c["labelled_tokens"]
+        assert 0 < c["labelled_tokens"] < c["tokens"] and c["peak_rss_mb"] > 0
+    cost = summary["cost"]
+    assert cost["client_rounds"] == 8 and cost["local_steps"] == 48
+    assert cost["train_flops"] == sum(c["flops"] for c in clients)
+    assert cost["bytes_up"] == 8 * wire and cost["tokens_per_s"] > 0 and cost["seconds_per_step"] > 0
     assert summary["final_eval"]["pooled_loss"] == pytest.approx(evals[-1]["pooled_loss"])
     # the saved adapter equals the final global state and loads with peft
     saved = load_adapter_state(d / "adapter")

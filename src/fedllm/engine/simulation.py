@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,10 @@ from fedllm.config import RunConfig, dump_config, load_config
 from fedllm.data.formatting import get_template
 from fedllm.data.schema import FederatedDataset
 from fedllm.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from fedllm.engine.metrics import MetricsLog
+from fedllm.engine.metrics import MetricsLog, read_metrics
 from fedllm.engine.progress import Reporter
 from fedllm.engine.store import ClientStateStore
+from fedllm.eval.cost import ModelShape, cost_summary, peak_memory_mb, serialized_bytes, train_flops
 from fedllm.eval.heldout import HeldoutResult, evaluate_heldout
 from fedllm.fl import Algorithm, ClientUpdate, build_algorithm
 from fedllm.fl import state as S
@@ -113,6 +113,8 @@ class Simulation:
         self.store = ClientStateStore(self.run_dir / "client_state") if self.algorithm.stateful_clients else None
         self.num_samples, self.heldout = self._scan_clients()
         self.adapter_bytes = S.num_bytes(self.slot.read())
+        self.wire_bytes = serialized_bytes(self.slot.read())  # what one adapter transfer costs
+        self.shape = ModelShape.of(self.slot.model)
         self.setup_seconds = time.perf_counter() - t0
 
     def _resolve_local_client(self, which: str | int) -> str:
@@ -171,7 +173,7 @@ class Simulation:
             global_state = self.slot.initial_state(derive_seed(cfg.seed, "lora-init"))
             metrics.write("setup", clients=len(self.client_ids), participants=len(self.participants),
                           adapter_parameters=self.slot.num_parameters(), adapter_bytes=self.adapter_bytes,
-                          precision=self.session.base.precision.name, device=str(self.session.base.device),
+                          wire_bytes=self.wire_bytes, body_parameters=self.shape.body_params, precision=self.session.base.precision.name, device=str(self.session.base.device),
                           setup_seconds=self.setup_seconds)
             if cfg.eval.at_start:
                 history.append(self._evaluate(0, global_state, metrics, timing))
@@ -216,7 +218,7 @@ class Simulation:
         metrics.write("round", round=r + 1, lr=lr, clients=sampled, seconds=seconds,
                       loss=sum(losses[u.client_id] * u.num_seen for u in updates) / max(n_loss, 1),
                       update_norm=S.norm(S.sub(new_state, global_state)),
-                      bytes_up=self.adapter_bytes * len(updates), bytes_down=self.adapter_bytes * len(updates))
+                      bytes_up=self.wire_bytes * len(updates), bytes_down=self.wire_bytes * len(updates))
         return new_state
 
     def _train_client(self, r: int, cid: str, global_state: S.State, lr: float, metrics: MetricsLog, progress: Any) -> tuple[ClientUpdate, float]:
@@ -252,7 +254,9 @@ class Simulation:
         metrics.write("client", round=r + 1, client=cid, loss=res.loss, lr=lr, steps=res.num_steps,
                       samples=res.num_seen, tokens=res.num_tokens, seconds=res.seconds,
                       tokens_per_s=res.num_tokens / max(res.seconds, 1e-9), seconds_per_step=res.seconds / max(res.num_steps, 1),
-                      bytes_up=self.adapter_bytes, bytes_down=self.adapter_bytes)
+                      bytes_up=self.wire_bytes, bytes_down=self.wire_bytes, labelled_tokens=res.num_units,
+                      flops=train_flops(self.shape, res.num_tokens, res.num_units),
+                      **peak_memory_mb(self.session.base.device))
         update = ClientUpdate(client_id=cid, delta=S.sub(res.state, global_state), num_samples=self.num_samples[cid],
                               num_seen=res.num_seen, num_steps=res.num_steps, lr=lr, extras=extras)
         return update, res.loss
@@ -275,13 +279,14 @@ class Simulation:
     def _summary(self, history: list[dict[str, Any]], timing: dict[str, float]) -> dict[str, Any]:
         cfg = self.cfg
         final = history[-1] if history else {}
-        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {
             "name": cfg.name, "algorithm": cfg.fl.algorithm, "compat": cfg.fl.compat, "rounds": cfg.fl.rounds,
             "clients": len(self.client_ids), "participants": self.participants if self.algorithm.single_client else None,
             "final_eval": final, "eval_history": history, **timing,
-            "peak_rss_mb": rss_kb / 1024, "precision": self.session.base.precision.name,
+            "precision": self.session.base.precision.name,
             "adapter_parameters": self.slot.num_parameters(), "adapter_bytes": self.adapter_bytes,
+            "cost": cost_summary(read_metrics(self.run_dir / "metrics.jsonl", "client"), self.wire_bytes),
+            **peak_memory_mb(self.session.base.device),
         }
 
 

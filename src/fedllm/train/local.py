@@ -28,6 +28,7 @@ class LocalResult:
     num_tokens: int  # input tokens processed (padding excluded)
     loss: float  # mean training loss over the round, weighted by loss units
     seconds: float
+    num_units: int = 0  # loss units (labelled tokens for SFT): where the LM head runs
     step_losses: list[float] = field(default_factory=list)
 
 
@@ -93,4 +94,4 @@ class LocalTrainer:
         opt.zero_grad(set_to_none=True)
         return LocalResult(state=self.slot.read(), num_steps=len(steps), num_seen=seen, num_tokens=tokens,
                            loss=total_loss / max(total_units, 1), seconds=time.perf_counter() - t0,
-                           step_losses=step_losses)
+                           num_units=total_units, step_losses=step_losses)
