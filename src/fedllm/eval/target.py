@@ -1,0 +1,131 @@
+"""What `fedllm eval` evaluates: a run's final adapter or a checkpoint round, a peft adapter
+directory, or the base model alone — and where each one's evaluation files go."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedllm.config import RunConfig, build_config, load_config
+
+
+class TargetError(ValueError):
+    """An evaluation target cannot be resolved."""
+
+
+@dataclass
+class Target:
+    label: str  # row name in result tables
+    kind: str  # "base" | "run" | "checkpoint" | "adapter"
+    cfg: RunConfig  # model, LoRA, data and template used to load and prompt it
+    adapter_file: Path | None  # safetensors with the adapter weights; None for the base model
+    out_dir: Path  # per-metric files go to out_dir/<metric>/
+    run_dir: Path | None = None
+
+    def adapter_sha(self) -> str:
+        if self.adapter_file is None:
+            return "base"
+        h = hashlib.sha256()
+        with open(self.adapter_file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()[:16]
+
+    def model_key(self) -> str:
+        """Targets with equal keys share one loaded base model (and LoRA slot)."""
+        return self.cfg.model.model_dump_json() + self.cfg.lora.model_dump_json()
+
+
+_ROUND = re.compile(r"^round-(\d+)$")
+
+
+def _run_config(run_dir: Path) -> RunConfig:
+    return load_config(run_dir / "config.yaml", [f"output_dir={run_dir.parent}", f"name={run_dir.name}"])
+
+
+def _lora_from_peft(adapter_dir: Path) -> dict[str, object]:
+    cfg_path = adapter_dir / "adapter_config.json"
+    try:
+        pc = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TargetError(f"{cfg_path}: cannot read the peft adapter config ({e})") from None
+    if pc.get("peft_type", "LORA") != "LORA":
+        raise TargetError(f"{cfg_path}: peft_type {pc.get('peft_type')!r} is not LoRA")
+    targets = pc.get("target_modules") or []
+    return {"r": pc["r"], "alpha": pc.get("lora_alpha", pc["r"]), "dropout": pc.get("lora_dropout", 0.0),
+            "target_modules": sorted(targets) if isinstance(targets, (list, set)) else [targets]}
+
+
+def resolve_target(spec: str, *, base_cfg: RunConfig | None = None, model: str | None = None,
+                   out_root: Path = Path("runs/eval")) -> Target:
+    """``spec``: "base", a run directory, a run's ``checkpoints/round-N`` or ``adapter`` directory,
+    ``<run>@round-N``, or any peft LoRA adapter directory."""
+    if spec == "base":
+        cfg = base_cfg or build_config({})
+        if model:
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": model})})
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.model.name).name) or "model"
+        return Target("base", "base", cfg, None, Path(out_root) / f"base-{slug}")
+    path_s, _, at_round = spec.partition("@")
+    path = Path(path_s)
+    if not path.exists():
+        raise TargetError(f"evaluation target {spec!r}: no such run or adapter directory (or use 'base')")
+    if at_round:
+        if not _ROUND.match(at_round):
+            raise TargetError(f"evaluation target {spec!r}: expected <run>@round-N")
+        path = path / "checkpoints" / at_round
+    if (path / "config.yaml").is_file():  # a run directory: its final adapter
+        adapter = path / "adapter" / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise TargetError(f"{path}: the run has no final adapter yet (unfinished?); evaluate a checkpoint "
+                              f"with {path}@round-N (have: {', '.join(p.name for p in _rounds(path)) or 'none'})")
+        cfg = _run_config(path)
+        return Target(cfg.name, "run", cfg, adapter, path / "eval" / "final", run_dir=path)
+    m = _ROUND.match(path.name)
+    if m and (path.parent.parent / "config.yaml").is_file():
+        run_dir = path.parent.parent
+        adapter = path / "adapter.safetensors"
+        if not adapter.is_file():
+            raise TargetError(f"{path}: checkpoint has no adapter.safetensors")
+        cfg = _run_config(run_dir)
+        return Target(f"{cfg.name}@{path.name}", "checkpoint", cfg, adapter, run_dir / "eval" / path.name, run_dir=run_dir)
+    if (path / "adapter_config.json").is_file():
+        adapter = path / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise TargetError(f"{path}: no adapter_model.safetensors")
+        if (path.parent / "config.yaml").is_file():  # <run>/adapter
+            return resolve_target(str(path.parent), base_cfg=base_cfg, model=model, out_root=out_root)
+        base = base_cfg or build_config({})
+        lora = _lora_from_peft(path)
+        name = model or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path") or base.model.name
+        cfg = base.model_copy(update={"model": base.model.model_copy(update={"name": name}),
+                                      "lora": base.lora.model_validate(lora)})
+        return Target(path.name, "adapter", cfg, adapter, path / "eval", run_dir=None)
+    raise TargetError(f"{path}: neither a run directory (config.yaml), a checkpoint round nor a peft adapter "
+                      f"directory (adapter_config.json)")
+
+
+def _rounds(run_dir: Path) -> list[Path]:
+    ck = run_dir / "checkpoints"
+    return sorted((p for p in ck.iterdir() if _ROUND.match(p.name)), key=lambda p: int(p.name[6:])) if ck.is_dir() else []
+
+
+def resolve_targets(specs: list[str], *, model: str | None = None, out_root: Path = Path("runs/eval")) -> list[Target]:
+    """Resolve every spec; "base" takes its model, data and template from the first run given (so a
+    table compares like with like), else the defaults with ``model``."""
+    resolved: dict[int, Target] = {}
+    for i, s in enumerate(specs):
+        if s != "base":
+            resolved[i] = resolve_target(s, model=model, out_root=out_root)
+    first = next((t.cfg for t in resolved.values()), None)
+    out = []
+    for i, s in enumerate(specs):
+        out.append(resolved[i] if i in resolved else resolve_target("base", base_cfg=first, model=model, out_root=out_root))
+    labels = [t.label for t in out]
+    for t in out:
+        if labels.count(t.label) > 1:
+            t.label = f"{t.label} ({t.out_dir})"
+    return out

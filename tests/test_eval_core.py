@@ -1,0 +1,271 @@
+"""`fedllm eval` core: generation, scoring, targets, the runner's caches and result files (tiny model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fedllm.config import ModelConfig
+from fedllm.data.formatting import get_template
+from fedllm.eval.context import EvalContext, EvalError
+from fedllm.eval.generation import Decoding, GenRequest, TextModel
+from fedllm.eval.runner import EvalSettings, run_evaluation, write_results
+from fedllm.eval.target import TargetError, resolve_target, resolve_targets
+from fedllm.models.loading import load_base_model
+from tests.conftest import synthetic_records, tiny_config
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+
+
+@pytest.fixture(scope="module")
+def tiny_lm() -> TextModel:
+    base = load_base_model(ModelConfig(name="tiny", precision="fp32", device="cpu"))
+    return TextModel(base.model, base.tokenizer, base.precision)
+
+
+def _prompts(lm: TextModel) -> list[str]:
+    tpl = get_template("chat", lm.tokenizer)
+    from fedllm.data.formatting import prompt_text
+    from fedllm.data.schema import Message
+
+    qs = ["Repeat alpha.", "Spell bravo please, slowly and carefully.", "Hi", "What is the sum of two and two?"]
+    return [prompt_text([Message("user", q)], tpl) for q in qs]
+
+
+def test_batched_greedy_generation_equals_one_at_a_time(tiny_lm):
+    d = Decoding(temperature=0.0, max_new_tokens=12)
+    reqs = [GenRequest(str(i), p, d) for i, p in enumerate(_prompts(tiny_lm))]
+    together = tiny_lm.generate(reqs, batch_size=4)
+    alone = [tiny_lm.generate([r], batch_size=1)[0] for r in reqs]
+    assert together == alone
+    assert all(isinstance(t, str) for t in together) and any(together)
+    # greedy = argmax of the model's own next-token distribution, token by token
+    ids = tiny_lm.encode(reqs[0].prompt)
+    out = []
+    for _ in range(12):
+        logits = tiny_lm.model(input_ids=torch.tensor([ids + out])).logits[0, -1]
+        tok = int(torch.argmax(logits))
+        if tok in tiny_lm.stop_ids:
+            break
+        out.append(tok)
+    assert together[0] == tiny_lm.tokenizer.decode(out, skip_special_tokens=True)
+
+
+def test_sampling_depends_on_item_seed_not_on_batch(tiny_lm):
+    d = Decoding(temperature=1.0, top_p=0.9, max_new_tokens=10)
+    reqs = [GenRequest(str(i), p, d, seed=100 + i) for i, p in enumerate(_prompts(tiny_lm))]
+    a = tiny_lm.generate(reqs, batch_size=4)
+    b = tiny_lm.generate(reqs[::-1], batch_size=2)[::-1]
+    assert a == b
+    c = tiny_lm.generate([GenRequest("x", reqs[0].prompt, d, seed=7)], batch_size=1)
+    others = {tiny_lm.generate([GenRequest("x", reqs[0].prompt, d, seed=s)])[0] for s in range(8, 14)}
+    assert len(others | set(c)) > 1  # different seeds give different samples
+
+
+def test_stop_strings_cut_the_answer(tiny_lm):
+    p = _prompts(tiny_lm)[0]
+    full = tiny_lm.generate([GenRequest("a", p, Decoding(max_new_tokens=16))])[0]
+    assert len(full) > 3
+    stop = full[2:4]
+    cut = tiny_lm.generate([GenRequest("a", p, Decoding(max_new_tokens=16, stop=(stop,)))])[0]
+    assert cut == full[: full.find(stop)]
+
+
+@torch.no_grad()
+def test_continuation_logprobs_match_a_manual_forward(tiny_lm):
+    ctx = "Question: which letter?\nAnswer:"
+    ids = tiny_lm.encode(ctx)
+
+    def by_hand(cont: str) -> float:  # sum of the continuation tokens' log-probabilities in one forward
+        full = tiny_lm.encode(ctx + cont)
+        lp = torch.log_softmax(tiny_lm.model(input_ids=torch.tensor([full])).logits[0], -1)
+        return sum(float(lp[i - 1, full[i]]) for i in range(len(ids), len(full)))
+
+    conts = [" A", " B", " alpha bravo"]
+    for got, c in zip(tiny_lm.continuation_logprobs(ctx, conts), conts):
+        assert got == pytest.approx(by_hand(c), abs=1e-4)
+    # single-token continuations take the one-forward path and agree with the same sums
+    vocab = tiny_lm.tokenizer.get_vocab()
+    singles = [t for t in ("a", "b", "c") if t in vocab and len(tiny_lm.encode(ctx + t)) == len(ids) + 1]
+    assert len(singles) >= 2
+    for got, c in zip(tiny_lm.continuation_logprobs(ctx, singles), singles):
+        assert got == pytest.approx(by_hand(c), abs=1e-4)
+    assert all(x < 0 for x in tiny_lm.continuation_logprobs(ctx, singles))
+
+
+# ---------------------------------------------------------------------- runs and targets
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    from fedllm.engine.progress import Reporter
+    from fedllm.engine.simulation import Simulation
+
+    tmp = tmp_path_factory.mktemp("evalrun")
+    data = tmp / "fed.json"
+    data.write_text(json.dumps(synthetic_records()))
+    cfg = tiny_config(tmp, name="fedavg", data={"dataset": str(data)}, fl={"rounds": 2},
+                      eval={"every": 0, "at_start": False}, checkpoint={"every": 1, "keep": 5})
+    Simulation(cfg, reporter=Reporter(quiet=True)).run()
+    return cfg.run_dir
+
+
+def test_targets_resolve_runs_checkpoints_adapters_and_base(tiny_run, tmp_path):
+    run = resolve_target(str(tiny_run))
+    assert run.kind == "run" and run.label == "fedavg" and run.adapter_file.name == "adapter_model.safetensors"
+    assert run.out_dir == tiny_run / "eval" / "final"
+    ck = resolve_target(f"{tiny_run}@round-1")
+    assert ck.kind == "checkpoint" and ck.label == "fedavg@round-1" and ck.out_dir == tiny_run / "eval" / "round-1"
+    assert resolve_target(str(tiny_run / "checkpoints" / "round-1")).adapter_file == ck.adapter_file
+    assert resolve_target(str(tiny_run / "adapter")).kind == "run"
+    bare = tmp_path / "my-adapter"
+    import shutil
+
+    shutil.copytree(tiny_run / "adapter", bare)
+    ad = resolve_target(str(bare), model="tiny")
+    assert ad.kind == "adapter" and ad.cfg.lora.r == 4 and ad.cfg.model.name == "tiny"
+    base, r = resolve_targets(["base", str(tiny_run)])
+    assert base.kind == "base" and base.adapter_file is None and base.cfg.model.name == "tiny"
+    assert base.cfg.data.dataset == r.cfg.data.dataset  # base is compared on the runs' own data
+    with pytest.raises(TargetError, match="no such run"):
+        resolve_target(str(tmp_path / "nope"))
+    with pytest.raises(TargetError, match="neither a run directory"):
+        resolve_target(str(tmp_path))
+    with pytest.raises(TargetError, match="round-N"):
+        resolve_target(f"{tiny_run}@7")
+
+
+class _ScriptedClient:
+    """Stands in for the OpenAI SDK client: answers judge prompts by a rule and counts calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.create))
+
+    def create(self, *, messages, **kw):
+        self.calls += 1
+        user = messages[-1]["content"]
+        # turn-2 (multi-turn) prompts get an unparsable verdict; everything else a rating
+        text = "I cannot decide." if "<|The Start of Assistant A's Conversation with User|>" in user else "Fine. Rating: [[6]]"
+        if kw.get("response_format"):
+            text = json.dumps({"explanation": "ok", "rating": 6}) if "Conversation with User" not in user else "{bad json"
+        return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=text))])
+
+
+def test_eval_runs_every_metric_writes_files_and_resumes(tiny_run, tmp_path, monkeypatch):
+    from fedllm.eval import judge as judge_mod
+
+    client = _ScriptedClient()
+    real = judge_mod.Judge
+    monkeypatch.setattr(judge_mod, "Judge", lambda cfg, cache_path=None: real(cfg, cache_path=cache_path, client=client))
+    targets = resolve_targets(["base", str(tiny_run)], out_root=tmp_path / "out")
+    names = ["heldout", "advbench", "mmlu", "gsm8k", "humaneval", "mt_bench", "embed_sim"]
+    settings = EvalSettings(metrics=names, data_dir=FIXTURES,
+                            options={"*": {"max_items": 2, "max_new_tokens": 8}, "humaneval": {"n": 2, "k": "1,2"}},
+                            judge=judge_mod.JudgeConfig(model="scripted", output="text"))
+    rows = run_evaluation(targets, settings)
+    base, fed = rows
+    assert base["target"] == "base" and fed["target"] == "fedavg"
+    for r in rows:
+        assert r["heldout_loss"] > 0 and 0 <= r["advbench"] <= 100 and r["mmlu"] in (0.0, 50.0, 100.0)
+        assert r["mt1"] == 6.0 and r["mt2"] is None and r["mt_bench"] is None  # turn 2 unparsable: excluded, not averaged
+        assert r["humaneval"] is not None and "humaneval@2" in r
+        assert -1 <= r["embed_sim"] <= 1
+    assert base["heldout_loss"] != fed["heldout_loss"]  # the adapter is really swapped in
+    # the held-out loss of the run's final adapter equals what training measured at the end
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert fed["heldout_loss"] == pytest.approx(summary["final_eval"]["pooled_loss"], rel=1e-5)
+
+    mt = json.loads((tiny_run / "eval" / "final" / "mt_bench" / "summary.json").read_text())
+    assert mt["summary"]["turn2"] == {"judged": 0, "unparsable": 2, "failed": 0}
+    items = [json.loads(x) for x in (tiny_run / "eval" / "final" / "mt_bench" / "items.jsonl").read_text().splitlines()]
+    assert len(items) == 2 and items[0]["scores"][1] is None and "I cannot decide" in items[0]["judgments"][1]
+    gen_lines = (tiny_run / "eval" / "final" / "generations.jsonl").read_text().splitlines()
+    calls = client.calls
+
+    # a second call reuses everything: no generation, no judge call
+    monkeypatch.setattr(TextModel, "generate", lambda *a, **k: pytest.fail("regenerated a finished item"))
+    again = run_evaluation(targets, settings)
+    assert client.calls == calls
+    assert [r["mmlu"] for r in again] == [r["mmlu"] for r in rows]
+
+    # --redo recomputes the metric from the per-item caches (still no generation and no judge call)
+    again = run_evaluation(targets, EvalSettings(**{**settings.__dict__, "redo": True}))
+    assert client.calls == calls and again[1]["mt1"] == 6.0
+    assert (tiny_run / "eval" / "final" / "generations.jsonl").read_text().splitlines() == gen_lines
+
+    json_path, csv_path = write_results(rows, names, tmp_path / "out")
+    table = json.loads(json_path.read_text())
+    assert [r["target"] for r in table["rows"]] == ["base", "fedavg"]
+    assert table["columns"][:3] == ["heldout_loss", "advbench", "mmlu"]
+    assert any("unparsable" in n for n in table["notes"])
+    assert csv_path.read_text().splitlines()[0].startswith("target,kind,heldout_loss,advbench,mmlu")
+
+
+def test_an_interrupted_generation_resumes_from_its_items(tiny_run, tmp_path, monkeypatch):
+    targets = resolve_targets([str(tiny_run)], out_root=tmp_path)
+    settings = EvalSettings(metrics=["gsm8k"], data_dir=FIXTURES, options={"*": {"max_new_tokens": 6}}, redo=True)
+    calls = []
+    real = TextModel._generate_batch
+
+    def dying(self, batch, d):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, batch, d)
+
+    monkeypatch.setattr(TextModel, "_generate_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(targets, EvalSettings(**{**settings.__dict__, "batch_size": 1}))
+    monkeypatch.setattr(TextModel, "_generate_batch", real)
+    seen = []
+    monkeypatch.setattr(TextModel, "_generate_batch", lambda self, b, d: seen.append(len(b)) or real(self, b, d))
+    rows = run_evaluation(targets, EvalSettings(**{**settings.__dict__, "batch_size": 1}))
+    n_test = len((FIXTURES / "gsm8k" / "test.jsonl").read_text().splitlines())
+    assert len(seen) == n_test - 1  # the item finished before the kill is not redone
+    assert rows[0]["gsm8k"] is not None
+
+
+def test_judge_metrics_without_a_judge_fail_clearly(tiny_run, tmp_path):
+    with pytest.raises(EvalError, match="need an LLM judge"):
+        run_evaluation(resolve_targets([str(tiny_run)]), EvalSettings(metrics=["mt_bench"], data_dir=FIXTURES))
+    with pytest.raises(EvalError, match="unknown metric 'mmmlu'; did you mean 'mmlu'"):
+        run_evaluation(resolve_targets([str(tiny_run)]), EvalSettings(metrics=["mmmlu"]))
+
+
+def test_unknown_metric_option_is_an_error(tiny_run, tmp_path):
+    settings = EvalSettings(metrics=["gsm8k"], data_dir=FIXTURES, options={"gsm8k": {"shotz": 3, "max_items": 1}}, redo=True)
+    with pytest.raises(EvalError, match="unknown option.*gsm8k: shotz"):
+        run_evaluation(resolve_targets([str(tiny_run)], out_root=tmp_path), settings)
+
+
+def test_subset_is_round_robin_over_groups():
+    ctx = EvalContext(metric="m", target=None, model=None, template=None, fingerprint="f", out_dir=Path("."),
+                      options={"max_items": 4})
+    items = [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("c", 1), ("c", 2)]
+    assert ctx.subset(items, group=lambda x: x[0]) == [("a", 1), ("a", 2), ("b", 1), ("c", 1)]
+    assert ctx.subset(items) == items[:4]
+    with pytest.raises(EvalError, match="m.max_items='x': expected int"):
+        EvalContext(metric="m", target=None, model=None, template=None, fingerprint="f", out_dir=Path("."),
+                    options={"max_items": "x"}).subset(items, default=3)
+
+
+def test_cli_eval_prints_a_table_and_writes_results(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedllm.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "base", str(tiny_run), "--metrics", "heldout,mmlu", "--data-dir", str(FIXTURES),
+                                   "--max-items", "2", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "heldout_loss" in res.output and "fedavg" in res.output and "base" in res.output
+    assert (tmp_path / "o" / "results.csv").is_file()
+    assert (tmp_path / "o" / "base-tiny" / "mmlu" / "items.jsonl").is_file()
+    bad = CliRunner().invoke(app, ["eval", str(tiny_run), "--metrics", "mt_bench", "--data-dir", str(FIXTURES)])
+    assert bad.exit_code == 2 and "need an LLM judge" in bad.output
+    bad = CliRunner().invoke(app, ["eval", str(tiny_run), "--metrics", "mmlu", "--set", "gsm8k.shots=2"])
+    assert bad.exit_code == 2 and "not being evaluated" in bad.output
+    listed = CliRunner().invoke(app, ["eval", "base", "--metrics", "list"])
+    assert listed.exit_code == 0 and "humaneval" in listed.output and "mt_bench" in listed.output
