@@ -164,7 +164,8 @@ def evaluate(
 
             gguf = embedded_gguf_path() if judge_local == "embedded" else Path(judge_local)
             server = stack.enter_context(LocalJudgeServer(gguf, log_path=out / "judge-server.log"))
-            judge = server.judge_config(output=judge_output, max_concurrency=judge_concurrency)
+            # llama.cpp serves one request at a time and wants its own structured-output form
+            judge = server.judge_config(**({} if judge_output == "auto" else {"output": judge_output}))
             err_console.print(f"local judge: {gguf.name} at {server.base_url} (a small judge's scores only test the pipeline)")
         elif judge_model:
             from fedllm.eval.judge import JudgeConfig

@@ -33,6 +33,8 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "heldout_loss": final.get("pooled_loss", math.nan), "heldout_ppl": final.get("pooled_ppl", math.nan),
             "client_mean_loss": final.get("mean_client_loss", math.nan), "own_loss": final.get("own_loss"),
             "train_seconds": s.get("train_seconds", math.nan),
+            **{k: (s.get("cost") or {}).get(k) for k in ("seconds_per_step", "tokens_per_s", "train_flops", "bytes_up")},
+            "peak_rss_mb": s.get("peak_rss_mb"),
         })
     return rows
 
@@ -62,6 +64,15 @@ def plot_heldout(runs: list[dict[str, Any]], out: Path, title: str = "Held-out l
     return out
 
 
+_COST_COLUMNS = (("seconds_per_step", 1, 2), ("tokens_per_s", 1, 0), ("train_flops", 1e-12, 1), ("bytes_up", 1e-6, 1),
+                 ("peak_rss_mb", 1, 0))
+
+
+def _num(v: Any, scale: float, digits: int) -> str:
+    """A cost figure, or "-" for runs written before cost metrics were recorded."""
+    return "-" if v is None else f"{v * scale:.{digits}f}"
+
+
 def print_comparison(rows: list[dict[str, Any]], console: Console, title: str = "Held-out evaluation") -> None:
     """loss/ppl: token-weighted over all clients' test data; client mean: mean of per-client losses;
     own client: the Local baseline's loss on its own client's test data."""
@@ -73,3 +84,9 @@ def print_comparison(rows: list[dict[str, Any]], console: Console, title: str = 
         table.add_row(r["run"], r["algorithm"], str(r["rounds"]), f'{r["heldout_loss"]:.4f}', f'{r["heldout_ppl"]:.2f}',
                       f'{r["client_mean_loss"]:.4f}', "-" if own is None else f"{own:.4f}", f'{r["train_seconds"]:.0f}')
     console.print(table)
+    cost = Table(title="Training cost", caption="TFLOPs: analytic estimate; MB up: serialized adapters sent by clients")
+    for col in ("run", "s/step", "tok/s", "TFLOPs", "MB up", "peak RSS MB"):
+        cost.add_column(col, justify="left" if col == "run" else "right")
+    for r in rows:
+        cost.add_row(r["run"], *(_num(r.get(k), scale, digits) for k, scale, digits in _COST_COLUMNS))
+    console.print(cost)
