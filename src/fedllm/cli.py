@@ -117,12 +117,13 @@ def evaluate(
     judge_model: Optional[str] = typer.Option(None, "--judge-model", envvar="FEDLLM_JUDGE_MODEL", help="judge model name, e.g. gpt-4"),
     judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", envvar="FEDLLM_JUDGE_BASE_URL",
                                                  help="any OpenAI-compatible endpoint (key: $FEDLLM_JUDGE_API_KEY or $OPENAI_API_KEY)"),
-    judge_output: str = typer.Option("auto", "--judge-output", help="auto, json (structured output) or text ([[rating]])"),
+    judge_output: str = typer.Option("auto", "--judge-output", help="auto, json (structured output), json_object (llama.cpp's form) or text (\\[\\[rating]])"),
     judge_concurrency: int = typer.Option(4, "--judge-concurrency", min=1),
     judge_local: Optional[str] = typer.Option(None, "--judge-local", help="serve this GGUF ('embedded' for SmolLM2) as the judge "
-                                              "with llama.cpp for the duration (pip install 'fedllm[judge-server]')"),
+                                              "with llama.cpp for the duration (pip install 'fedllm\\[judge-server]')"),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="answers generated together (CPU decoding is "
+                                   "bound by reading the weights: larger batches are faster)"),
     redo: bool = typer.Option(False, "--redo", help="recompute finished metrics (per-item caches are still used)"),
 ) -> None:
     """Evaluate runs, checkpoints, adapters or the base model; per-item files and a results table."""
@@ -160,6 +161,12 @@ def evaluate(
     with ExitStack() as stack:
         judge = None
         if judge_local:
+            import signal
+            import sys
+
+            # a terminated evaluation must still stop its judge server (the ExitStack below does that)
+            previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+            stack.callback(signal.signal, signal.SIGTERM, previous)
             from fedllm.eval.judge_server import LocalJudgeServer, embedded_gguf_path
 
             gguf = embedded_gguf_path() if judge_local == "embedded" else Path(judge_local)
@@ -170,7 +177,11 @@ def evaluate(
         elif judge_model:
             from fedllm.eval.judge import JudgeConfig
 
-            judge = JudgeConfig(model=judge_model, base_url=judge_base_url, output=judge_output, max_concurrency=judge_concurrency)
+            try:
+                judge = JudgeConfig(model=judge_model, base_url=judge_base_url, output=judge_output,
+                                    max_concurrency=judge_concurrency)
+            except ValueError as e:
+                raise ConfigError(f"judge: {e}") from None
         settings = EvalSettings(metrics=names, options=per_metric, data_dir=data_dir, judge=judge, seed=seed,
                                 batch_size=batch_size, redo=redo)
         rows = run_evaluation(resolved, settings, err_console)
