@@ -269,3 +269,20 @@ def test_cli_eval_prints_a_table_and_writes_results(tiny_run, tmp_path):
     assert bad.exit_code == 2 and "not being evaluated" in bad.output
     listed = CliRunner().invoke(app, ["eval", "base", "--metrics", "list"])
     assert listed.exit_code == 0 and "humaneval" in listed.output and "mt_bench" in listed.output
+
+
+def test_rows_finish_independently_whether_or_not_the_cache_drops_them(tiny_lm, monkeypatch):
+    """Finished rows leave the batch (their KV-cache rows are dropped); a cache without that ability
+    keeps them idle. Either way each answer is the one its prompt gets alone."""
+    p = _prompts(tiny_lm)
+    full = [tiny_lm.generate([GenRequest(str(i), q, Decoding(max_new_tokens=16))])[0] for i, q in enumerate(p)]
+    # one shared decoding whose stop strings end the rows at different steps
+    d = Decoding(max_new_tokens=16, stop=tuple(f[2 + i: 4 + i] for i, f in enumerate(full) if len(f) > 8))
+    reqs = [GenRequest(str(i), q, d) for i, q in enumerate(p)]
+    alone = [tiny_lm.generate([r])[0] for r in reqs]
+    assert len(set(map(len, alone))) > 1  # the rows really do finish at different steps
+    assert tiny_lm.generate(reqs, batch_size=4) == alone
+    from transformers.cache_utils import Cache
+
+    monkeypatch.delattr(Cache, "batch_select_indices")
+    assert tiny_lm.generate(reqs, batch_size=4) == alone

@@ -130,6 +130,7 @@ class TextModel:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         past = None
         step_ids, step_pos = ids, positions
+        active = list(range(len(batch)))  # rows still generating, in cache order
         for _ in range(d.max_new_tokens):
             with self.precision.autocast():
                 out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
@@ -137,11 +138,12 @@ class TextModel:
             past = out.past_key_values
             logits = out.logits[:, -1, :].float().cpu()
             nxt = []
-            for b, r in enumerate(batch):
-                if r.done:
+            for j, b in enumerate(active):
+                r = batch[b]
+                if r.done:  # only when the cache cannot drop rows
                     nxt.append(self.pad_id)
                     continue
-                tok = _sample(logits[b], d, r.generator)
+                tok = _sample(logits[j], d, r.generator)
                 if tok in self.stop_ids:
                     r.done = True
                 else:
@@ -149,11 +151,20 @@ class TextModel:
                     if d.stop and _cut_at_stop(self.tokenizer.decode(r.out[-64:]), d.stop)[1]:
                         r.done = True
                 nxt.append(tok)
-            if all(r.done for r in batch):
+            keep = [j for j, b in enumerate(active) if not batch[b].done]
+            if not keep:
                 break
+            if not hasattr(past, "batch_select_indices"):  # a cache that cannot drop rows: finished ones idle
+                keep = list(range(len(active)))
+            if len(keep) < len(active) and hasattr(past, "batch_select_indices"):  # drop finished rows' compute
+                index = torch.tensor(keep, device=device)
+                past.batch_select_indices(index)
+                mask, step_pos = mask[index], step_pos[index]
+                nxt = [nxt[j] for j in keep]
+                active = [active[j] for j in keep]
             step_ids = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]
             step_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=torch.long, device=device)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long, device=device)], dim=1)
         texts = []
         for r in batch:
             text = self.tokenizer.decode(r.out, skip_special_tokens=True)
@@ -166,8 +177,10 @@ class TextModel:
         """Sum of log-probabilities of each continuation's tokens after ``context`` (one forward when
         every continuation is a single token, as MMLU's " A".." D" are)."""
         ctx = self.encode(context)
-        conts = [self.encode(context + c)[len(ctx):] if self.encode(context + c)[: len(ctx)] == ctx else self.encode(c)
-                 for c in continuations]
+        conts = []
+        for c in continuations:  # tokenise jointly, as the text would be read; separately if BPE merges across
+            joint = self.encode(context + c)
+            conts.append(joint[len(ctx):] if joint[: len(ctx)] == ctx else self.encode(c))
         if any(not c for c in conts):
             raise ValueError(f"a continuation of {continuations} encodes to no tokens")
         was_training = self.model.training
