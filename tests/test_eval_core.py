@@ -286,3 +286,40 @@ def test_rows_finish_independently_whether_or_not_the_cache_drops_them(tiny_lm, 
 
     monkeypatch.delattr(Cache, "batch_select_indices")
     assert tiny_lm.generate(reqs, batch_size=4) == alone
+
+
+def test_ref_judge_reports_per_language_means_and_excludes_unparsable(tiny_run, tmp_path, monkeypatch):
+    from fedllm.eval import judge as judge_mod
+
+    testset = tmp_path / "aya.json"  # FedLLM-Bench's Fed-Aya test-set layout: language -> [{instruction, reference}]
+    testset.write_text(json.dumps({
+        "English": [{"instruction": "What is the capital of Peru?", "reference": "Lima."},
+                    {"instruction": "Name a prime above ten.", "reference": "Eleven."}],
+        "French": [{"instruction": "Bonjour, comment vas-tu ?", "reference": "Bien, merci."}]}))
+
+    seen: list[str] = []
+
+    def create(*, messages, **kw):
+        user = messages[-1]["content"]
+        seen.append(user)
+        text = "Rating: [[8]]" if "capital" in user else ("[[2]]" if "Bonjour" in user else "no verdict")
+        return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=text))])
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    real = judge_mod.Judge
+    monkeypatch.setattr(judge_mod, "Judge", lambda cfg, cache_path=None: real(cfg, cache_path=cache_path, client=client))
+    settings = EvalSettings(metrics=["ref_judge", "vicuna"], data_dir=FIXTURES,
+                            options={"*": {"max_new_tokens": 4}, "ref_judge": {"testset": str(testset)}},
+                            judge=judge_mod.JudgeConfig(model="scripted", output="text"))
+    [row] = run_evaluation(resolve_targets([str(tiny_run)], out_root=tmp_path), settings)
+    s = row["_metrics"]["ref_judge"]["summary"]
+    assert s["aya_rules"] is True and s["unparsable"] == 1 and s["judged"] == 2
+    assert s["per_language"]["English"] == {"mean": 8.0, "std": 0.0, "n": 1}  # the unparsable one is left out
+    assert s["per_language"]["French"]["mean"] == 2.0
+    assert row["ref_judge"] == 5.0  # mean of the per-language means, (8 + 2) / 2
+    # the Aya rules reach the judge, and the reference answer is shown to it
+    items = [json.loads(x) for x in (tiny_run / "eval" / "final" / "ref_judge" / "items.jsonl").read_text().splitlines()]
+    assert [it["language"] for it in items] == ["English", "English", "French"]
+    peru = next(u for u in seen if "capital of Peru" in u)
+    assert "Lima." in peru and "language" in peru.lower()
+    assert row["vicuna"] is None and row["_metrics"]["vicuna"]["summary"]["unparsable"] == 3  # no rating in any verdict
