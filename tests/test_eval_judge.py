@@ -480,3 +480,14 @@ def test_server_startup_timeout_kills_it(gguf: Path) -> None:
     with pytest.raises(JudgeServerError, match=r"(?s)not ready.*loading"):
         srv.start()
     assert srv.proc is None
+
+
+def test_json_reply_with_a_raw_newline_in_its_explanation_still_scores() -> None:
+    from fedllm.eval.judge import _score_reply
+
+    # a real llama.cpp reply: the explanation string holds a literal newline (invalid in strict JSON)
+    reply = '{ "explanation": "The object is:\n```json\n{" ,"rating":1} '
+    assert _score_reply(reply, "json_object", "rating") == (1.0, None)
+    assert _score_reply('{"explanation": "ok", "rating": 11}', "json", "rating")[0] is None
+    assert _score_reply("31.31.31.31", "json_object", "rating") == (
+        None, "unparsable: JSON reply without a valid rating nor [[rating]] 1..10")

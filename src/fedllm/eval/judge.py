@@ -174,7 +174,8 @@ def _score_reply(text: str, mode: str, pattern: str) -> tuple[float | None, str 
     low, high = PATTERNS[pattern]
     if mode != "text":
         try:
-            obj = json.loads(text)
+            # strict=False: a raw newline inside the explanation string does not hide a clear rating
+            obj = json.loads(text, strict=False)
         except ValueError:
             obj = None
         if isinstance(obj, dict) and "rating" in obj:

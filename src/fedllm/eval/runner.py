@@ -174,10 +174,13 @@ def result_columns(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
     return cols
 
 
-def _fmt(v: Any) -> str:
+def _fmt(column: str, v: Any) -> str:
+    """Losses to 4 decimals, everything else (percentages, 1-10 scores, cosines) to 2; "-" when missing."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 and v != int(v) else (f"{v:.2f}" if isinstance(v, float) else str(v))
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:.4f}" if "loss" in column else f"{v:.2f}"
+    return str(v)
 
 
 def excluded_notes(rows: list[dict[str, Any]]) -> list[str]:
@@ -212,10 +215,10 @@ def print_results(rows: list[dict[str, Any]], metrics: list[str], console: Conso
     cols = result_columns(rows, metrics)
     table = Table(title=title)
     table.add_column("target")
-    for c in cols:
-        table.add_column(c, justify="right")
+    for c in cols:  # spaces let narrow terminals wrap a header instead of cutting it
+        table.add_column(c.replace("_", " "), justify="right")
     for r in rows:
-        table.add_row(r["target"], *[_fmt(r.get(c)) for c in cols])
+        table.add_row(r["target"], *[_fmt(c, r.get(c)) for c in cols])
     console.print(table)
     for note in excluded_notes(rows):
         console.print(f"  note: {note}", highlight=False)
