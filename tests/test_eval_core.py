@@ -64,6 +64,16 @@ def test_sampling_depends_on_item_seed_not_on_batch(tiny_lm):
     c = tiny_lm.generate([GenRequest("x", reqs[0].prompt, d, seed=7)], batch_size=1)
     others = {tiny_lm.generate([GenRequest("x", reqs[0].prompt, d, seed=s)])[0] for s in range(8, 14)}
     assert len(others | set(c)) > 1  # different seeds give different samples
+    # rows with different temperatures (MT-Bench's per-category ones) share a batch, each sampled by its own
+    mixed = [GenRequest(str(i), r.prompt, Decoding(temperature=t, max_new_tokens=10), seed=100 + i)
+             for i, (r, t) in enumerate(zip(reqs, (0.0, 0.7, 1.0, 0.1)))]
+    batches = []
+    real = TextModel._generate_batch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TextModel, "_generate_batch", lambda self, b, *a: batches.append(len(b)) or real(self, b, *a))
+        together = tiny_lm.generate(mixed, batch_size=4)
+    assert batches == [4]
+    assert together == [tiny_lm.generate([r])[0] for r in mixed]
 
 
 def test_stop_strings_cut_the_answer(tiny_lm):
@@ -210,18 +220,18 @@ def test_an_interrupted_generation_resumes_from_its_items(tiny_run, tmp_path, mo
     calls = []
     real = TextModel._generate_batch
 
-    def dying(self, batch, d):
+    def dying(self, batch, *args):
         calls.append(len(batch))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, batch, d)
+        return real(self, batch, *args)
 
     monkeypatch.setattr(TextModel, "_generate_batch", dying)
     with pytest.raises(KeyboardInterrupt):
         run_evaluation(targets, EvalSettings(**{**settings.__dict__, "batch_size": 1}))
     monkeypatch.setattr(TextModel, "_generate_batch", real)
     seen = []
-    monkeypatch.setattr(TextModel, "_generate_batch", lambda self, b, d: seen.append(len(b)) or real(self, b, d))
+    monkeypatch.setattr(TextModel, "_generate_batch", lambda self, b, *a: seen.append(len(b)) or real(self, b, *a))
     rows = run_evaluation(targets, EvalSettings(**{**settings.__dict__, "batch_size": 1}))
     n_test = len((FIXTURES / "gsm8k" / "test.jsonl").read_text().splitlines())
     assert len(seen) == n_test - 1  # the item finished before the kill is not redone
@@ -260,7 +270,7 @@ def test_cli_eval_prints_a_table_and_writes_results(tiny_run, tmp_path):
     res = CliRunner().invoke(app, ["eval", "base", str(tiny_run), "--metrics", "heldout,mmlu", "--data-dir", str(FIXTURES),
                                    "--max-items", "2", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    assert "heldout_loss" in res.output and "fedavg" in res.output and "base" in res.output
+    assert "heldout" in res.output and "loss" in res.output and "fedavg" in res.output and "base" in res.output
     assert (tmp_path / "o" / "results.csv").is_file()
     assert (tmp_path / "o" / "base-tiny" / "mmlu" / "items.jsonl").is_file()
     bad = CliRunner().invoke(app, ["eval", str(tiny_run), "--metrics", "mt_bench", "--data-dir", str(FIXTURES)])

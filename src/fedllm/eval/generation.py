@@ -93,23 +93,26 @@ class TextModel:
     @torch.no_grad()
     def generate(self, requests: Sequence[GenRequest], batch_size: int = 8,
                  on_done: Callable[[GenRequest, str], None] | None = None) -> list[str]:
-        """Answers in request order. Requests are batched by decoding settings and prompt length."""
+        """Answers in request order. Requests sharing a length limit and stop strings are batched together
+        (sorted by prompt length); temperature and top-p are applied per row, so MT-Bench's
+        per-category temperatures still share batches."""
         rows = [_Row(r, self.encode(r.prompt)) for r in requests]
         for row in rows:
             if row.request.decoding.temperature > 0:
                 row.generator = torch.Generator(device="cpu").manual_seed(row.request.seed)
-        groups: dict[Decoding, list[int]] = {}
+        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
         for i, row in enumerate(rows):
-            groups.setdefault(row.request.decoding, []).append(i)
+            d = row.request.decoding
+            groups.setdefault((d.max_new_tokens, d.stop), []).append(i)
         answers: list[str | None] = [None] * len(rows)
         was_training = self.model.training
         self.model.eval()
         try:
-            for d, idx in groups.items():
+            for (max_new, stop), idx in groups.items():
                 idx.sort(key=lambda i: len(rows[i].ids))
                 for j in range(0, len(idx), batch_size):
                     batch = [rows[i] for i in idx[j:j + batch_size]]
-                    texts = self._generate_batch(batch, d)
+                    texts = self._generate_batch(batch, max_new, stop)
                     for i, text in zip(idx[j:j + batch_size], texts):
                         answers[i] = text
                         if on_done is not None:
@@ -118,7 +121,7 @@ class TextModel:
             self.model.train(was_training)
         return [a if a is not None else "" for a in answers]
 
-    def _generate_batch(self, batch: list[_Row], d: Decoding) -> list[str]:
+    def _generate_batch(self, batch: list[_Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
         device = self.precision.device
         width = max(len(r.ids) for r in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -131,7 +134,7 @@ class TextModel:
         past = None
         step_ids, step_pos = ids, positions
         active = list(range(len(batch)))  # rows still generating, in cache order
-        for _ in range(d.max_new_tokens):
+        for _ in range(max_new_tokens):
             with self.precision.autocast():
                 out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
                                  past_key_values=past, use_cache=True)
@@ -143,12 +146,12 @@ class TextModel:
                 if r.done:  # only when the cache cannot drop rows
                     nxt.append(self.pad_id)
                     continue
-                tok = _sample(logits[j], d, r.generator)
+                tok = _sample(logits[j], r.request.decoding, r.generator)
                 if tok in self.stop_ids:
                     r.done = True
                 else:
                     r.out.append(tok)
-                    if d.stop and _cut_at_stop(self.tokenizer.decode(r.out[-64:]), d.stop)[1]:
+                    if stop and _cut_at_stop(self.tokenizer.decode(r.out[-64:]), stop)[1]:
                         r.done = True
                 nxt.append(tok)
             keep = [j for j, b in enumerate(active) if not batch[b].done]
@@ -168,7 +171,7 @@ class TextModel:
         texts = []
         for r in batch:
             text = self.tokenizer.decode(r.out, skip_special_tokens=True)
-            texts.append(_cut_at_stop(text, d.stop)[0] if d.stop else text)
+            texts.append(_cut_at_stop(text, stop)[0] if stop else text)
         return texts
 
     # ------------------------------------------------------------------ scoring
