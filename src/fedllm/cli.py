@@ -143,11 +143,9 @@ def evaluate(
         console.print(table)
         return
     names = [m.strip() for m in metrics.split(",") if m.strip()]
-    per_metric: dict[str, dict[str, Any]] = {}
-    for key, value in _flatten(apply_overrides({}, options or [])).items():
-        metric, _, opt = key.rpartition(".")
-        per_metric.setdefault(metric or "*", {})[opt] = value
-    glob = per_metric.setdefault("*", {})
+    parsed = apply_overrides({}, options or [])  # "metric.key=v" nests under the metric; "key=v" applies to all
+    per_metric: dict[str, dict[str, Any]] = {k: v for k, v in parsed.items() if isinstance(v, dict)}
+    per_metric["*"] = glob = {k: v for k, v in parsed.items() if not isinstance(v, dict)}
     if max_items is not None:
         glob["max_items"] = max_items
     if max_new_tokens is not None:
@@ -188,17 +186,6 @@ def evaluate(
     print_results(rows, names, console)
     json_path, csv_path = write_results(rows, names, out)
     console.print(f"results: {json_path}, {csv_path}; per-item files under each target's eval/ directory")
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
 
 
 @app.command("config")

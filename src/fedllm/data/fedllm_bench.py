@@ -20,10 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fedllm.data.schema import (
     ClientData,
@@ -34,9 +33,9 @@ from fedllm.data.schema import (
     PreferenceSample,
     Sample,
 )
+from fedllm.jsonl import atomic_write
 
 __all__ = [
-    "atomic_write",
     "load_fedllm_bench",
     "parse_record",
     "read_fedllm_bench",
@@ -430,27 +429,6 @@ def load_fedllm_bench(
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None], *, mode: str = "w") -> None:
-    """Call `write(f)` on a temporary file beside `path`, then os.replace it over `path`:
-    readers see the old file or the new one, never half of one; the temp file is removed on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes 0600
-        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _dump_lines(clients: Mapping[str, Iterable[Sample]], path: Path) -> Iterator[str]:

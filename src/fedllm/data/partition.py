@@ -276,7 +276,7 @@ class Partition:
         from matplotlib import colormaps
         from matplotlib.figure import Figure
 
-        from fedllm.data.fedllm_bench import atomic_write
+        from fedllm.jsonl import atomic_write
 
         names, counts = self._matrix()
         if not names:

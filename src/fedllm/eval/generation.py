@@ -8,7 +8,6 @@ same template as training (``formatting.prompt_text``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -205,12 +204,3 @@ class TextModel:
         with self.precision.autocast():
             logits = self.model(input_ids=x).logits[0]
         return torch.log_softmax(logits.float(), dim=-1).cpu()
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of what determines a model's outputs (model source, adapter bytes, template…)."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else str(p).encode())
-        h.update(b"\x1f")
-    return h.hexdigest()[:16]

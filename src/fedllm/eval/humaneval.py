@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import textwrap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -199,11 +199,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluate(problems: Sequence[Problem], completions: Mapping[str, Sequence[str]], ks: Iterable[int] = (1,),
-             timeout_s: float = DEFAULT_TIMEOUT_S, workers: int = 2) -> dict[str, Any]:
+             timeout_s: float = DEFAULT_TIMEOUT_S, workers: int = 2,
+             run: Callable[[Problem, str], ExecResult] | None = None) -> dict[str, Any]:
     """Check every completion program (``workers`` sandboxes at a time) and average pass@k over the tasks.
 
     ``completions`` maps task_id -> completion programs (outputs of ``extract_code``). Only tasks present
     in it are scored; pass@k is reported for each k <= the smallest number of samples of a task.
+    ``run`` replaces ``check`` (e.g. a cached check); ``results`` holds each task's ExecResults in order.
     """
     by_id = {p.task_id: p for p in problems}
     unknown = [tid for tid in completions if tid not in by_id]
@@ -220,11 +222,12 @@ def evaluate(problems: Sequence[Problem], completions: Mapping[str, Sequence[str
         raise ValueError(f"workers must be >= 1, got {workers}")
     task_ids = [p.task_id for p in problems if p.task_id in completions]
     jobs = [(tid, i, code) for tid in task_ids for i, code in enumerate(completions[tid])]
-    statuses: dict[str, list[str]] = {tid: [""] * len(completions[tid]) for tid in task_ids}
+    run = run or (lambda problem, code: check(problem, code, timeout_s))
+    results: dict[str, list[ExecResult]] = {tid: [] for tid in task_ids}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda job: check(by_id[job[0]], job[2], timeout_s), jobs)
-        for (tid, i, _), result in zip(jobs, results):
-            statuses[tid][i] = result.status
+        for (tid, _, _), result in zip(jobs, pool.map(lambda job: run(by_id[job[0]], job[2]), jobs)):
+            results[tid].append(result)
+    statuses = {tid: [r.status for r in rs] for tid, rs in results.items()}
     per_task = {tid: {"n": len(s), "c": s.count("passed"), "statuses": s} for tid, s in statuses.items()}
     out: dict[str, Any] = {}
     min_n = min((t["n"] for t in per_task.values()), default=0)
@@ -235,4 +238,5 @@ def evaluate(problems: Sequence[Problem], completions: Mapping[str, Sequence[str
     out["num_tasks"] = len(per_task)
     out["num_samples"] = len(jobs)
     out["per_task"] = per_task
+    out["results"] = results
     return out

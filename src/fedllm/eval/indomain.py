@@ -44,13 +44,13 @@ def indomain_items(ctx: EvalContext) -> tuple[list[InDomainItem], str]:
         items = [InDomainItem(r.item_id, r.language, (("user", r.instruction),), r.reference)
                  for r in load_ref_testset(Path(path))]
         return ctx.subset(items, group=lambda it: it.language or ""), str(path)
-    from fedllm.engine.simulation import load_federation
+    from fedllm.engine.simulation import load_federation, run_clients
 
     cfg = ctx.target.cfg
     fed = load_federation(cfg)
     per_client = ctx.option("per_client", 1)
     items = []
-    for cid in fed.client_ids:
+    for cid in run_clients(cfg, fed):
         client = fed[cid]
         lang = client.meta.get("language") if isinstance(client.meta.get("language"), str) else None
         for i, s in enumerate(client.test[:per_client]):

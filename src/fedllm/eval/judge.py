@@ -169,6 +169,13 @@ def summarize(judgments: list[Judgment]) -> dict:
             "unparsable": unparsable, "failed": failed}
 
 
+def judgment_counts(judgments: list[Judgment]) -> dict[str, int]:
+    """Scored, unparsable and failed judgments as metric summaries report them; the last two are excluded
+    from every mean."""
+    s = summarize(judgments)
+    return {"judged": s["n"], "unparsable": s["unparsable"], "failed": s["failed"]}
+
+
 def _score_reply(text: str, mode: str, pattern: str) -> tuple[float | None, str | None]:
     """Score and error (None, or "unparsable: ...") of a reply given in ``mode``."""
     low, high = PATTERNS[pattern]

@@ -23,7 +23,8 @@ from rich.table import Table
 
 from fedllm.data.formatting import get_template
 from fedllm.eval.context import EvalContext, EvalError
-from fedllm.eval.generation import TextModel, fingerprint
+from fedllm.data.analysis.util import stable_hash
+from fedllm.eval.generation import TextModel
 from fedllm.eval.metrics import get_metric
 from fedllm.eval.target import Target
 from fedllm.jsonl import write_json_atomic, write_jsonl_atomic, write_text_atomic
@@ -119,14 +120,16 @@ def run_evaluation(targets: list[Target], settings: EvalSettings, console: Conso
 
 
 def _fingerprint(t: Target, precision: str) -> str:
-    return fingerprint(t.cfg.model.name, t.cfg.model.revision, t.adapter_sha(), t.cfg.data.template, precision)
+    """What determines a target's outputs: part of every per-item cache key."""
+    return stable_hash(t.cfg.model.name, t.cfg.model.revision, t.adapter_sha, t.cfg.data.template, precision, size=8)
 
 
 def _settings_key(t: Target, m: Any, settings: EvalSettings) -> dict[str, Any]:
-    return {"adapter": t.adapter_sha(), "model": t.cfg.model.name, "template": t.cfg.data.template,
+    """What a finished metric's numbers depend on, as it reads back from summary.json (JSON types)."""
+    return json.loads(json.dumps({"adapter": t.adapter_sha, "model": t.cfg.model.name, "template": t.cfg.data.template,
             "options": settings.metric_options(m.name), "seed": settings.seed,
             "data_dir": str(settings.data_dir) if settings.data_dir else None,
-            "judge": settings.judge.key() if (settings.judge is not None and m.needs_judge) else None}
+            "judge": settings.judge.key() if (settings.judge is not None and m.needs_judge) else None}, default=str))
 
 
 def _reuse(t: Target, m: Any, settings: EvalSettings, row: dict[str, Any]) -> bool:
@@ -138,7 +141,7 @@ def _reuse(t: Target, m: Any, settings: EvalSettings, row: dict[str, Any]) -> bo
         done = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    if done.get("settings") != json.loads(json.dumps(_settings_key(t, m, settings), default=str)):
+    if done.get("settings") != _settings_key(t, m, settings):
         return False
     row["_metrics"][m.name] = done
     row.update(done["columns"])
@@ -153,7 +156,7 @@ def _run_metric(ctx: EvalContext, metric: Any, settings: EvalSettings) -> dict[s
         raise EvalError(f"unknown option(s) for {metric.name}: {', '.join(unused)}")
     gen_s = ctx.stats["generation_seconds"]
     done = {"metric": metric.name, "target": ctx.target.label, "columns": result.columns, "summary": result.summary,
-            "settings": json.loads(json.dumps(_settings_key(ctx.target, metric, settings), default=str)),
+            "settings": _settings_key(ctx.target, metric, settings),
             "cost": {"seconds": seconds, "generated_tokens": ctx.stats["generated_tokens"],
                      "generation_tokens_per_s": ctx.stats["generated_tokens"] / gen_s if gen_s else None},
             "items": len(result.items), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -188,11 +191,7 @@ def excluded_notes(rows: list[dict[str, Any]]) -> list[str]:
     notes = []
     for r in rows:
         for name, m in r.get("_metrics", {}).items():
-            s = m.get("summary", {})
-            counts = [s] + [s[k] for k in ("turn1", "turn2", "judge") if isinstance(s.get(k), dict)]
-            bad = sum(int(c.get("unparsable", 0)) + int(c.get("failed", 0)) for c in counts)
-            bad += int(s.get("judge", {}).get("unparsable_or_failed", 0)) if isinstance(s.get("judge"), dict) else 0
-            if bad:
+            if bad := m.get("summary", {}).get("excluded", 0):
                 notes.append(f"{r['target']} {name}: {bad} judgment(s) unparsable or failed, excluded from the mean")
     return notes
 

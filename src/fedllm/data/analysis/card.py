@@ -53,9 +53,9 @@ def _ifd_method(stats: dict[str, Any]) -> list[str]:
         f"assistant message, system message included; for preference data the prompt), followed by the reply, "
         f"rendered with the `{s['template']}` template; the loss covers the reply's tokens and the token that "
         f"closes it (e.g. `<|im_end|>`), nothing else.",
-        f"* **s(A)**: the same template rendering with the sample's context replaced by one empty user message "
-        f"(no sample system message, so the template's default system text if any), followed by the same reply; "
-        f"the loss covers the same reply tokens.",
+        "* **s(A)**: the same template rendering with the sample's context replaced by one empty user message "
+        "(no sample system message, so the template's default system text if any), followed by the same reply; "
+        "the loss covers the same reply tokens.",
         f"* Renderings longer than {s['max_length']} tokens lose their prompt from the left first.",
         f"* **Cap:** at most **{s['max_samples_per_client']} samples per client** are scored (the first of a "
         f"permutation seeded by seed {s['seed']} and the client id); per-client IFD is their mean. Lower IFD: "

@@ -17,8 +17,8 @@ import numpy as np
 from rich.console import Console
 
 from fedllm.data.analysis.corpus import Federation, instruction_text, response_text
-from fedllm.jsonl import JsonlCache
 from fedllm.data.analysis.util import progress_bar, seeded_order, stable_hash
+from fedllm.jsonl import JsonlCache
 
 Embedder = Callable[[list[str]], Any]  # texts -> array (n, d); an optional `name` attribute keys the cache
 MINILM_NAME = "all-MiniLM-L6-v2"

@@ -39,10 +39,10 @@ from rich.console import Console
 from torch import Tensor
 
 from fedllm.data.analysis.corpus import Federation, scored_replies
-from fedllm.jsonl import JsonlCache
 from fedllm.data.analysis.util import progress_bar, seeded_order, stable_hash
 from fedllm.data.formatting import Template, collate, encode_preference
 from fedllm.data.schema import Message, PreferenceSample
+from fedllm.jsonl import JsonlCache
 
 METHOD_VERSION = 1
 PARTS = ("cond", "alone")

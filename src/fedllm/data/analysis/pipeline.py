@@ -16,11 +16,10 @@ from fedllm.data.analysis.corpus import Federation, from_dataset, load_federatio
 from fedllm.data.analysis.embeddings import MIN_POINTS, Embedder, embed_clients, minilm_embedder, tsne_2d
 from fedllm.data.analysis.ifd import RowLossFn, client_summary, compute_ifd, row_loss_sums
 from fedllm.data.analysis.lengths import length_preference, token_lengths
-from fedllm.jsonl import JsonlCache
 from fedllm.data.analysis.util import describe, json_safe, mean_std, stable_hash
 from fedllm.data.analysis.verbs import SKIP_MESSAGE, VerbParser, root_verbs, spacy_parser
-from fedllm.data.fedllm_bench import atomic_write
 from fedllm.data.schema import FederatedDataset
+from fedllm.jsonl import JsonlCache, atomic_write
 
 AUTO = "auto"
 

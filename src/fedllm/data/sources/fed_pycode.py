@@ -29,10 +29,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from fedllm.data.fedllm_bench import atomic_write, write_fedllm_bench
+from fedllm.data.fedllm_bench import write_fedllm_bench
 from fedllm.data.schema import DataError, InstructionSample
 from fedllm.data.sources import DatasetSource, register_source
 from fedllm.data.sources.builds import MANIFEST_FILE, build_key, file_sha256, read_build_manifest, say, staging
+from fedllm.jsonl import atomic_write
 
 __all__ = [
     "BUILDER_VERSION",

@@ -37,11 +37,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedllm.data.fedllm_bench import atomic_write, parse_record, record_from_sample, write_fedllm_bench
+from fedllm.data.fedllm_bench import parse_record, record_from_sample, write_fedllm_bench
 from fedllm.data.partition import Splitter, apply_partition, get_splitter
 from fedllm.data.schema import DataError, InstructionSample
 from fedllm.data.sources import DatasetSource, register_source
 from fedllm.data.sources.builds import MANIFEST_FILE, build_key, file_sha256, read_build_manifest, say, staging
+from fedllm.jsonl import atomic_write
 from fedllm.seeding import derive_seed
 
 __all__ = [

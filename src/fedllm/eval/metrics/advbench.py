@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from fedllm.eval.benchdata import load_advbench
-from fedllm.eval.context import EvalContext, MetricResult, mean
+from fedllm.eval.context import EvalContext, MetricResult
+from fedllm.eval.judge import judgment_counts, summarize
 from fedllm.eval.metrics import register_metric
 from fedllm.eval.prompts import REFUSAL_PHRASES, is_refusal
 
@@ -43,6 +44,7 @@ class AdvBench:
                            for (_, g), a in zip(goals, answers)], desc="safety judge")
             for it, j in zip(items, js):
                 it.update(judge_score=j.score, judge_error=j.error, judgment=j.raw)
-            columns["advbench_judge"] = mean(j.score for j in js)
-            summary["judge"] = {"unparsable_or_failed": sum(j.score is None for j in js)}
+            s = summarize(js)
+            columns["advbench_judge"] = s["mean"]
+            summary.update(judge=judgment_counts(js), excluded=len(js) - s["n"])
         return MetricResult(columns, summary, items)

@@ -18,7 +18,7 @@ class Heldout:
     description: ClassVar[str] = "held-out loss on every client's test data (pooled over tokens)"
 
     def run(self, ctx: EvalContext) -> MetricResult:
-        from fedllm.engine.simulation import load_federation
+        from fedllm.engine.simulation import load_federation, run_clients
         from fedllm.train.objectives import get_objective
 
         cfg = ctx.target.cfg
@@ -27,7 +27,7 @@ class Heldout:
         objective = get_objective(cfg.train.objective)
         tok = ctx.model.tokenizer
         features = {}
-        for cid in fed.client_ids[: cfg.data.max_clients] if cfg.data.max_clients else fed.client_ids:
+        for cid in run_clients(cfg, fed):
             test = fed[cid].test[:cap] if cap else fed[cid].test
             if test:
                 features[cid] = [objective.encode(s, ctx.template, tok, cfg.data.max_length) for s in test]

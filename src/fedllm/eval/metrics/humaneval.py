@@ -8,13 +8,14 @@ directory, its process group killed afterwards), because model-written code is u
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
 from fedllm.eval import humaneval as he
 from fedllm.eval.context import EvalContext, MetricResult
 from fedllm.eval.metrics import register_metric
+from fedllm.eval.sandbox import ExecResult
 from fedllm.jsonl import JsonlCache
 
 
@@ -31,43 +32,42 @@ class HumanEval:
         n = ctx.option("n", 1)
         # greedy for a single sample; sampling (Codex paper: T=0.8 for large k) when estimating pass@k
         d = ctx.decoding(temperature=0.0 if n == 1 else 0.8, max_new_tokens=384, top_p=0.95 if n > 1 else 1.0)
-        reqs = [(f"humaneval/{p.task_id}/{j}", ctx.prompt([{"role": "user", "content": he.chat_prompt(p)}]), d)
-                for p in problems for j in range(n)]
-        outputs = ctx.generate(reqs, desc="humaneval")
-        codes = [he.extract_code(out, p) for out, p in zip(outputs, (p for p in problems for _ in range(n)))]
-        results = self._execute(ctx, [p for p in problems for _ in range(n)], codes, float(ctx.option("timeout_s", 10.0)))
-        items, per_task = [], {}
-        for (key, _, _), p, out, code, res in zip(reqs, (p for p in problems for _ in range(n)), outputs, codes, results):
-            items.append({"task_id": p.task_id, "sample": int(key.rsplit("/", 1)[1]), "status": res["status"],
-                          "passed": res["status"] == "passed", "output": out, "code": code, "stderr": res["stderr"]})
-            per_task.setdefault(p.task_id, []).append(res["status"] == "passed")
+        samples = [(p, j) for p in problems for j in range(n)]
+        outputs = ctx.generate([(f"humaneval/{p.task_id}/{j}", ctx.prompt([{"role": "user", "content": he.chat_prompt(p)}]), d)
+                                for p, j in samples], desc="humaneval")
+        codes = [he.extract_code(out, p) for out, (p, _) in zip(outputs, samples)]
+        completions: dict[str, list[str]] = {}
+        for (p, _), code in zip(samples, codes):
+            completions.setdefault(p.task_id, []).append(code)
         ks = sorted({1, *[int(k) for k in str(ctx.option("k", "1")).split(",")]})
-        columns: dict[str, float | None] = {}
-        for k in ks:
-            if k <= n and per_task:
-                columns["humaneval" if k == 1 else f"humaneval@{k}"] = 100.0 * sum(
-                    he.pass_at_k(len(v), sum(v), k) for v in per_task.values()) / len(per_task)
+        timeout_s = float(ctx.option("timeout_s", 10.0))
+        with ctx.progress(f"{ctx.target.label} humaneval tests", len(samples)) as advance:
+            scored = he.evaluate(problems, completions, ks=ks, timeout_s=timeout_s, workers=int(ctx.option("workers", 2)),
+                                 run=_cached_check(JsonlCache(ctx.out_dir / "executions.jsonl"), timeout_s, advance))
+        results = [r for p in problems for r in scored["results"][p.task_id]]
+        items = [{"task_id": p.task_id, "sample": j, "status": r.status, "passed": r.passed, "output": out, "code": code,
+                  "stderr": r.stderr} for (p, j), out, code, r in zip(samples, outputs, codes, results)]
+        columns = {("humaneval" if k == 1 else f"humaneval@{k}"): 100.0 * scored[f"pass@{k}"]
+                   for k in ks if f"pass@{k}" in scored}
         statuses: dict[str, int] = {}
-        for it in items:
-            statuses[it["status"]] = statuses.get(it["status"], 0) + 1
+        for r in results:
+            statuses[r.status] = statuses.get(r.status, 0) + 1
         summary = {"problems": len(problems), "samples_per_problem": n, "statuses": statuses, "decoding": d.__dict__,
-                   "network_isolated": all(r.get("network_isolated", False) for r in results)}
+                   "network_isolated": all(r.network_isolated for r in results)}
         return MetricResult(columns, summary, items)
 
-    @staticmethod
-    def _execute(ctx: EvalContext, problems: list[he.Problem], codes: list[str], timeout_s: float) -> list[dict]:
-        """Run each completion's tests (cached per code text, two at a time)."""
-        cache = JsonlCache(ctx.out_dir / "executions.jsonl")
-        keys = [f"{p.task_id}|{hashlib.sha256(c.encode()).hexdigest()[:16]}|{timeout_s}" for p, c in zip(problems, codes)]
-        todo = [i for i, k in enumerate(keys) if k not in cache]
-        if todo:
-            with ctx.progress(f"{ctx.target.label} humaneval tests", len(todo)) as advance:
-                def run_one(i: int) -> None:
-                    r = he.check(problems[i], codes[i], timeout_s=timeout_s)
-                    cache.put(keys[i], {"status": r.status, "seconds": r.seconds, "stderr": r.stderr[-800:],
-                                        "network_isolated": r.network_isolated})
-                    advance()
 
-                with ThreadPoolExecutor(max_workers=int(ctx.option("workers", 2))) as pool:
-                    list(pool.map(run_one, todo))
-        return [cache.data[k] for k in keys]
+def _cached_check(cache: JsonlCache, timeout_s: float, advance: Callable[[], None]) -> Callable[[he.Problem, str], ExecResult]:
+    """``check`` through a per-code cache: a resumed evaluation does not run finished programs again."""
+
+    def run(problem: he.Problem, code: str) -> ExecResult:
+        key = f"{problem.task_id}|{hashlib.sha256(code.encode()).hexdigest()[:16]}|{timeout_s}"
+        if key not in cache:
+            r = he.check(problem, code, timeout_s=timeout_s)
+            cache.put(key, {"status": r.status, "seconds": r.seconds, "stderr": r.stderr[-800:],
+                            "network_isolated": r.network_isolated})
+        rec = cache.data[key]
+        advance()
+        return ExecResult(rec["status"], None, rec["seconds"], "", rec["stderr"], rec["network_isolated"])
+
+    return run

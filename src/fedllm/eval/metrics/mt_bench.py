@@ -7,18 +7,13 @@ An unparsable or failed judgment is recorded and excluded from the means, never 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from fedllm.eval.benchdata import BenchQuestion, load_bench_questions, load_judge_prompts
 from fedllm.eval.context import EvalContext, MetricResult, mean
+from fedllm.eval.judge import judgment_counts, summarize
 from fedllm.eval.metrics import register_metric
 from fedllm.eval.prompts import MT_BENCH_TEMPERATURE, mt_judge_prompt
-
-
-def judgment_counts(judgments: list[Any]) -> dict[str, int]:
-    return {"judged": sum(j.score is not None for j in judgments),
-            "unparsable": sum(j.score is None and not (j.error or "").startswith("api") for j in judgments),
-            "failed": sum(j.score is None and (j.error or "").startswith("api") for j in judgments)}
 
 
 @register_metric
@@ -45,12 +40,12 @@ class MTBench:
         items = [{"question_id": q.question_id, "category": q.category, "turns": list(q.turns), "answers": [a1, a2],
                   "scores": [x.score, y.score], "errors": [x.error, y.error], "judgments": [x.raw, y.raw]}
                  for q, a1, a2, x, y in zip(questions, first, second, j1, j2)]
-        mt1, mt2 = mean(j.score for j in j1), mean(j.score for j in j2)
+        mt1, mt2 = summarize(j1)["mean"], summarize(j2)["mean"]
         per_cat: dict[str, list[float | None]] = {}
         for it in items:
             per_cat.setdefault(it["category"], []).extend(it["scores"])
         summary = {"questions": len(questions), "turn1": judgment_counts(j1), "turn2": judgment_counts(j2),
-                   "per_category": {c: mean(v) for c, v in sorted(per_cat.items())},
-                   "judge": getattr(ctx.judge, "cfg", None) and ctx.judge.cfg.key()}
+                   "excluded": len(js) - summarize(js)["n"],
+                   "per_category": {c: mean(v) for c, v in sorted(per_cat.items())}}
         both = mean([mt1, mt2]) if mt1 is not None and mt2 is not None else None
         return MetricResult({"mt1": mt1, "mt2": mt2, "mt_bench": both}, summary, items)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from fedllm.eval.context import EvalContext, MetricResult, mean, std
+from fedllm.data.analysis.util import mean_std
+from fedllm.eval.context import EvalContext, MetricResult, mean
 from fedllm.eval.indomain import indomain_answers, indomain_items
+from fedllm.eval.judge import judgment_counts
 from fedllm.eval.metrics import register_metric
-from fedllm.eval.metrics.mt_bench import judgment_counts
 from fedllm.eval.prompts import ref_judge_prompt
 from fedllm.eval.benchdata import RefItem
 
@@ -34,9 +35,16 @@ class RefJudge:
         by_lang: dict[str, list[float | None]] = {}
         for r in rows:
             by_lang.setdefault(r["language"] or "all", []).append(r["score"])
-        per_lang = {lang: {"mean": mean(v), "std": std(v), "n": sum(x is not None for x in v)} for lang, v in sorted(by_lang.items())}
+        per_lang = {lang: _scored_stats(v) for lang, v in sorted(by_lang.items())}
         lang_means = [v["mean"] for v in per_lang.values()]
         score = mean(lang_means) if len(per_lang) > 1 else mean(r["score"] for r in rows)
-        summary = {"source": source, "items": len(rows), "aya_rules": aya, **judgment_counts(js), "per_language": per_lang,
+        summary = {"source": source, "items": len(rows), "aya_rules": aya, **judgment_counts(js),
+                   "excluded": sum(j.score is None for j in js), "per_language": per_lang,
                    "mean_of_language_means": mean(lang_means) if len(per_lang) > 1 else None}
         return MetricResult({"ref_judge": score}, summary, rows)
+
+
+def _scored_stats(scores: list[float | None]) -> dict[str, float | int | None]:
+    """{mean, std, n} of the scored judgments; None (not NaN) where a language has none."""
+    stats = mean_std(scores)
+    return stats if stats["n"] else {"mean": None, "std": None, "n": 0}

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from fedllm.eval.benchdata import load_bench_questions, load_judge_prompts
-from fedllm.eval.context import EvalContext, MetricResult, mean
+from fedllm.eval.context import EvalContext, MetricResult
+from fedllm.eval.judge import judgment_counts, summarize
 from fedllm.eval.metrics import register_metric
-from fedllm.eval.metrics.mt_bench import judgment_counts
 from fedllm.eval.prompts import vicuna_judge_prompt
 
 
@@ -28,5 +28,6 @@ class Vicuna:
         js = ctx.rate([vicuna_judge_prompt(prompts, q, a) for q, a in zip(questions, answers)], desc="vicuna judge")
         items = [{"question_id": q.question_id, "category": q.category, "question": q.turns[0], "answer": a,
                   "score": j.score, "error": j.error, "judgment": j.raw} for q, a, j in zip(questions, answers, js)]
-        summary = {"questions": len(questions), **judgment_counts(js), "decoding": d.__dict__}
-        return MetricResult({"vicuna": mean(j.score for j in js)}, summary, items)
+        s = summarize(js)
+        summary = {"questions": len(questions), **judgment_counts(js), "excluded": len(js) - s["n"], "decoding": d.__dict__}
+        return MetricResult({"vicuna": s["mean"]}, summary, items)
