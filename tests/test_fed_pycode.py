@@ -25,6 +25,7 @@ from fedllm.data.sources import (
 )
 from fedllm.data.sources import fed_pycode
 from fedllm.data.sources.fed_pycode import FilterParams, build_fed_pycode, extract_functions, is_public_module
+from fedllm.registry import Registry
 
 
 def _good(name: str, i: int) -> str:
@@ -271,14 +272,17 @@ def test_unknown_build_option(tmp_path: Path) -> None:
 def test_registry_lookup_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "fed-pycode" in SOURCES and isinstance(get_source("Fed-PyCode"), fed_pycode.FedPyCode)
     assert get_source("fed-pycode").name == "fed-pycode" and get_source("fed-pycode").description
-    with pytest.raises(ValueError, match="unknown dataset source 'fed-pycod'.*did you mean 'fed-pycode'.*known sources: .*fed-pycode"):
+    with pytest.raises(ValueError, match="unknown dataset source 'fed-pycod'; known: .*fed-pycode.*; did you mean 'fed-pycode'"):
         get_source("fed-pycod")
     with pytest.raises(ValueError, match="lower-case"):
         register_source("Bad Name")
     with pytest.raises(ValueError, match="already registered"):
         register_source("fed-pycode")(type("Other", (DatasetSource,), {}))
 
-    monkeypatch.setattr(sources, "SOURCES", dict(SOURCES))
+    scratch = Registry("dataset source")  # a copy, so that "toy" does not stay registered
+    for name, cls in SOURCES.items():
+        scratch.register(name)(cls)
+    monkeypatch.setattr(sources, "SOURCES", scratch)
 
     @register_source("toy")
     class Toy(DatasetSource):
@@ -310,7 +314,7 @@ def test_load_dataset(site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # A path loads as a FedLLM-Bench file.
     again = load_dataset(ds.meta["source"], test_fraction=0.2, seed=1)
     assert [again[c].test for c in again] == [ds[c].test for c in ds]
-    with pytest.raises(DataError, match="no such file.*known sources"):
+    with pytest.raises(DataError, match="no such file.*unknown dataset source .*; known: .*fed-pycode"):
         load_dataset(tmp_path / "missing.json")
     with pytest.raises(TypeError, match="only apply to registered sources"):
         load_dataset(ds.meta["source"], min_samples=3)

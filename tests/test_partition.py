@@ -180,7 +180,7 @@ def test_label_as_attribute_or_callable() -> None:
 @pytest.mark.parametrize(
     ("name", "params", "match"),
     [
-        ("nope", {}, r"unknown splitter 'nope'; known splitters: dirichlet, iid, meta, natural, quantity, shards"),
+        ("nope", {}, r"unknown splitter 'nope'; known: dirichlet, iid, meta, natural, quantity, shards"),
         ("iid", {"num_clients": 4, "alpha": 1}, r"has no parameter\(s\) \['alpha'\]"),
         ("iid", {}, r"needs parameter\(s\) \['num_clients'\]"),
         ("iid", {"num_clients": 0}, "num_clients must be an integer >= 1, got 0"),

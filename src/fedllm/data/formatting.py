@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from fedllm.data.schema import InstructionSample, Message, PreferenceSample
+from fedllm.registry import Registry
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -103,10 +104,13 @@ def _split_system(messages: Sequence[Message], default: str) -> tuple[str, Seque
     return default, messages
 
 
+TEMPLATES: Registry[Callable[[PreTrainedTokenizerBase], Template]] = Registry("template")
+"""Template name -> class (a factory: tokenizer -> template); one ``@TEMPLATES.register(name)`` line each."""
+
+
+@TEMPLATES.register("chat")
 class ChatTemplate:
     """The tokenizer's own Jinja chat template; reply spans are found by rendering prefixes."""
-
-    name = "chat"
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         if not getattr(tokenizer, "chat_template", None):
@@ -154,14 +158,13 @@ class _TextTemplate:
         self.bos = _bos_text(tokenizer)
 
 
+@TEMPLATES.register("alpaca")
 class AlpacaTemplate(_TextTemplate):
     """Stanford Alpaca prompt; multi-turn repeats Instruction/Response blocks, a system message replaces the preamble.
 
     Follows alpaca-lora's "### Response:\\n" (a newline before the reply) so that the reply's first word
     is a separate token from the prompt header.
     """
-
-    name = "alpaca"
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[Segment]:
         """Blocks joined by a blank line: preamble, '### Instruction:\\n{q}', '### Response:\\n{a}<eos>'."""
@@ -182,10 +185,9 @@ class AlpacaTemplate(_TextTemplate):
         return _merge(segments)
 
 
+@TEMPLATES.register("vicuna")
 class VicunaTemplate(_TextTemplate):
     """Vicuna v1.1 as FastChat renders it: '{system} USER: {q} ASSISTANT: {a}<eos>USER: ...'."""
-
-    name = "vicuna"
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[Segment]:
         """FastChat's ADD_COLON_TWO style with sep ' ' and sep2 = the tokenizer's EOS."""
@@ -204,20 +206,9 @@ class VicunaTemplate(_TextTemplate):
         return _merge(segments)
 
 
-TEMPLATES: dict[str, Callable[[PreTrainedTokenizerBase], Template]] = {
-    "chat": ChatTemplate,
-    "alpaca": AlpacaTemplate,
-    "vicuna": VicunaTemplate,
-}
-
-
 def get_template(name: str, tokenizer: PreTrainedTokenizerBase) -> Template:
     """The registered template `name` bound to `tokenizer`; ValueError names the known templates."""
-    try:
-        factory = TEMPLATES[name]
-    except KeyError:
-        raise ValueError(f"unknown template {name!r}; known templates: {', '.join(sorted(TEMPLATES))}") from None
-    return factory(tokenizer)
+    return TEMPLATES.lookup(name)(tokenizer)
 
 
 def prompt_text(messages: Sequence[Message], template: Template) -> str:

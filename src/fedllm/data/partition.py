@@ -41,6 +41,8 @@ from typing import Any, ClassVar, Union
 
 import numpy as np
 
+from fedllm.registry import Registry
+
 __all__ = [
     "SPLITTERS",
     "DirichletSplitter",
@@ -321,6 +323,10 @@ _Assignment = tuple[dict[str, list[int]], dict[str, list[int]], dict[str, Any]]
 """(client -> indices, drop reason -> indices, info)."""
 
 
+SPLITTERS: Registry[type[Splitter]] = Registry("splitter")
+"""Registry name -> splitter class (one ``@SPLITTERS.register(name)`` line per splitter)."""
+
+
 @dataclass(frozen=True)
 class Splitter:
     """Base of splitters: subclasses are frozen dataclasses of their parameters and implement `_assign`."""
@@ -388,6 +394,7 @@ class _KeySplitter(Splitter):
         return tuple(_read(items, self.key, "key"))
 
 
+@SPLITTERS.register("natural")
 @dataclass(frozen=True)
 class NaturalKeySplitter(_KeySplitter):
     """One client per value of `key`, named str(value), in sorted value order; items whose key is
@@ -395,7 +402,6 @@ class NaturalKeySplitter(_KeySplitter):
     ("below_min_samples"; their names and sizes in info["dropped_clients"])."""
 
     min_samples: int = 1
-    name: ClassVar[str] = "natural"
 
     def __post_init__(self) -> None:
         _check_spec(self.name, "key", self.key)
@@ -421,6 +427,7 @@ class NaturalKeySplitter(_KeySplitter):
         return clients, dropped, {"dropped_clients": small}
 
 
+@SPLITTERS.register("meta")
 @dataclass(frozen=True)
 class MetaSplitter(_KeySplitter):
     """`clients_per_value` clients per value of `key` (an int for all values or a mapping value ->
@@ -429,7 +436,6 @@ class MetaSplitter(_KeySplitter):
     sizes differ by at most one."""
 
     clients_per_value: int | Mapping[Any, int] = 1
-    name: ClassVar[str] = "meta"
 
     def __post_init__(self) -> None:
         _check_spec(self.name, "key", self.key)
@@ -462,12 +468,12 @@ class MetaSplitter(_KeySplitter):
         return clients, {}, {}
 
 
+@SPLITTERS.register("iid")
 @dataclass(frozen=True)
 class IIDSplitter(Splitter):
     """A uniform random permutation cut into `num_clients` parts of sizes differing by at most one."""
 
     num_clients: int
-    name: ClassVar[str] = "iid"
 
     def __post_init__(self) -> None:
         _check_int(self.name, "num_clients", self.num_clients, 1)
@@ -511,6 +517,7 @@ class _RetrySplitter(Splitter):
         )
 
 
+@SPLITTERS.register("dirichlet")
 @dataclass(frozen=True)
 class DirichletSplitter(_RetrySplitter):
     """Label skew: for each label (sorted), its shuffled items are cut among the clients at proportions
@@ -521,7 +528,6 @@ class DirichletSplitter(_RetrySplitter):
     min_size: int = 10
     max_retries: int = 100
     balance: bool = False
-    name: ClassVar[str] = "dirichlet"
     needs_label: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -545,6 +551,7 @@ class DirichletSplitter(_RetrySplitter):
         return parts
 
 
+@SPLITTERS.register("quantity")
 @dataclass(frozen=True)
 class QuantitySkewSplitter(_RetrySplitter):
     """Quantity skew with IID labels: a random permutation cut at proportions ~ Dir(alpha) over the
@@ -553,7 +560,6 @@ class QuantitySkewSplitter(_RetrySplitter):
     alpha: float = 0.5
     min_size: int = 1
     max_retries: int = 100
-    name: ClassVar[str] = "quantity"
 
     def _draw(self, items: Sequence[Any], labels: list[Hashable] | None, rng: np.random.Generator) -> list[list[int]]:
         p = rng.dirichlet(np.full(self.num_clients, float(self.alpha)))
@@ -575,6 +581,7 @@ def _shards_per_label(counts: Sequence[int], total: int) -> list[int]:
     return alloc
 
 
+@SPLITTERS.register("shards")
 @dataclass(frozen=True)
 class ShardSplitter(Splitter):
     """Pathological non-IID: `num_clients * shards_per_client` label-sorted shards, `shards_per_client`
@@ -585,7 +592,6 @@ class ShardSplitter(Splitter):
     num_clients: int
     shards_per_client: int = 2
     cut_at_labels: bool = True
-    name: ClassVar[str] = "shards"
     needs_label: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -618,24 +624,10 @@ class ShardSplitter(Splitter):
         return dict(zip(_numbered(self.num_clients), parts)), {}, {"shard_sizes": sorted({len(s) for s in shards})}
 
 
-# --------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------
-
-
-SPLITTERS: dict[str, type[Splitter]] = {
-    cls.name: cls
-    for cls in (NaturalKeySplitter, MetaSplitter, IIDSplitter, DirichletSplitter, ShardSplitter, QuantitySkewSplitter)
-}
-"""Registry name -> splitter class."""
-
-
 def get_splitter(name: str, **params: Any) -> Splitter:
     """The splitter registered as `name` with these parameters; an unknown name, unknown or missing
     parameter or bad value is a ValueError that lists what is known or names the parameter."""
-    cls = SPLITTERS.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise ValueError(f"unknown splitter {name!r}; known splitters: {', '.join(sorted(SPLITTERS))}")
+    cls = SPLITTERS.lookup(name)
     known = [f.name for f in fields(cls)]
     unknown = sorted(set(params) - set(known))
     if unknown:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from fedllm.data.formatting import collate, encode_sft
 from fedllm.data.schema import InstructionSample, Sample
+from fedllm.registry import Registry
 
 
 def _backbone_and_head(model: Any) -> tuple[Any, Any] | None:
@@ -76,25 +77,18 @@ class Objective:
         return int(feature["num_trainable"])
 
 
-OBJECTIVES: dict[str, type[Objective]] = {}
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+"""Objective name -> class (filled by @register_objective at import time)."""
 
 
 def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
-    def deco(cls: type[Objective]) -> type[Objective]:
-        if name in OBJECTIVES or name != name.lower():
-            raise ValueError(f"objective name {name!r} must be lower-case and unique")
-        cls.name = name
-        OBJECTIVES[name] = cls
-        return cls
-
-    return deco
+    """Class decorator registering an objective under a unique lower-case `name` (sets ``cls.name``)."""
+    return OBJECTIVES.register(name)
 
 
 def get_objective(name: str) -> Objective:
-    try:
-        return OBJECTIVES[name]()
-    except KeyError:
-        raise ValueError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}") from None
+    """An instance of the objective registered as `name`; ValueError lists the known objectives."""
+    return OBJECTIVES.lookup(name)()
 
 
 @register_objective("sft")

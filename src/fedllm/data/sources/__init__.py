@@ -11,9 +11,7 @@ bottom of this file (one line per source).
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -22,6 +20,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 from fedllm.data.fedllm_bench import load_fedllm_bench
 from fedllm.data.schema import DataError, FederatedDataset
 from fedllm.paths import cache_root
+from fedllm.registry import Registry
 
 __all__ = [
     "SOURCES",
@@ -32,8 +31,6 @@ __all__ = [
     "load_dataset",
     "register_source",
 ]
-
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 class DatasetSource:
@@ -65,16 +62,16 @@ class DatasetSource:
         raise NotImplementedError
 
 
-SOURCES: dict[str, type[DatasetSource]] = {}
+SOURCES: Registry[type[DatasetSource]] = Registry("dataset source")
 """The registry: source name -> class (filled by @register_source at import time)."""
 
 _S = TypeVar("_S", bound=type)
 
 
 def register_source(name: str) -> Callable[[_S], _S]:
-    """Class decorator registering a source under a unique lower-case `name` (sets `cls.name`)."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"source name must be lower-case letters, digits, '.', '_' or '-', got {name!r}")
+    """Class decorator registering a source under a unique lower-case `name` (sets `cls.name`); the
+    class must have build(), is_built(), a `description` string and a `default_kwargs` mapping."""
+    register = SOURCES.register(name)  # checks the name now, at the decorator line
 
     def decorate(cls: _S) -> _S:
         for attr in ("build", "is_built"):
@@ -84,28 +81,16 @@ def register_source(name: str) -> Callable[[_S], _S]:
             raise TypeError(f"source {name!r}: {cls.__qualname__} needs a `description` string")
         if not isinstance(getattr(cls, "default_kwargs", None), Mapping):
             raise TypeError(f"source {name!r}: {cls.__qualname__} needs a `default_kwargs` mapping")
-        old = SOURCES.get(name)
-        # The same class imported again (module reload) may replace itself; anything else may not.
-        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ValueError(f"source name {name!r} is already registered by {old.__module__}.{old.__qualname__}")
-        cls.name = name  # type: ignore[attr-defined]
-        SOURCES[name] = cls  # type: ignore[assignment]
-        return cls
+        return register(cls)
 
     return decorate
-
-
-def _unknown(name: str) -> str:
-    close = difflib.get_close_matches(name.lower(), list(SOURCES), n=3)
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    return f"unknown dataset source {name!r}{hint} (known sources: {', '.join(sorted(SOURCES)) or 'none'})"
 
 
 def get_source(name: str) -> DatasetSource:
     """An instance of the source registered as `name` (case-insensitive); ValueError lists the known names."""
     cls = SOURCES.get(name.lower()) if isinstance(name, str) else None
     if cls is None:
-        raise ValueError(_unknown(str(name)))
+        raise SOURCES.error(SOURCES.unknown(name))
     return cls()
 
 
@@ -147,7 +132,7 @@ def load_dataset(
         return dataset
     path = Path(name_or_path).expanduser()
     if not path.is_file():
-        raise DataError(f"{name_or_path!s}: no such file, and {_unknown(str(name_or_path))}")
+        raise DataError(f"{name_or_path!s}: no such file, and {SOURCES.unknown(str(name_or_path))}")
     if build_kwargs:
         raise TypeError(f"build options {sorted(build_kwargs)} only apply to registered sources, not to a file")
     return load_fedllm_bench(path, **split)

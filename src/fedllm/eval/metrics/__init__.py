@@ -7,31 +7,24 @@ registered with ``@register_metric``.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import TypeVar
 
 from fedllm.eval.context import EvalError, Metric
+from fedllm.registry import Registry
 
-_METRICS: dict[str, type] = {}
-METRICS: Mapping[str, type] = MappingProxyType(_METRICS)
+METRICS: Registry[type] = Registry("metric", error=EvalError)
+"""Metric name -> class (filled by @register_metric at import time)."""
 M = TypeVar("M", bound=type)
 
 
 def register_metric(cls: M) -> M:
-    if cls.name in _METRICS:
-        raise ValueError(f"metric {cls.name!r} registered twice")
-    _METRICS[cls.name] = cls
-    return cls
+    """Class decorator registering a metric under its ``name`` (unique, lower-case)."""
+    return METRICS.register(cls.name)(cls)
 
 
 def get_metric(name: str) -> Metric:
-    if name not in _METRICS:
-        close = difflib.get_close_matches(name, list(_METRICS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise EvalError(f"unknown metric {name!r}{hint} (known: {', '.join(sorted(_METRICS))})")
-    return _METRICS[name]()
+    """An instance of the metric registered as `name`; EvalError lists the known metrics."""
+    return METRICS.lookup(name)()
 
 
 # One import per metric: importing a module registers it.
