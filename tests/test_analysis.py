@@ -16,13 +16,13 @@ from typer.testing import CliRunner
 
 from fedllm.cli import app
 from fedllm.config import build_config
-from fedllm.data.analysis import StatsOptions, analyze, from_dataset, from_file
-from fedllm.data.analysis.embeddings import choose_clients, embed_clients
-from fedllm.data.analysis.ifd import compute_ifd, row_loss_sums
-from fedllm.data.analysis.verbs import SKIP_MESSAGE
 from fedllm.data.formatting import collate, encode_sft, get_template
 from fedllm.data.schema import ClientData, FederatedDataset, InstructionSample, Message, PreferenceSample
 from fedllm.models.loading import load_base_model
+from fedllm.stats import StatsOptions, analyze, from_dataset, from_file
+from fedllm.stats.embeddings import choose_clients, embed_clients
+from fedllm.stats.ifd import compute_ifd, row_loss_sums
+from fedllm.stats.verbs import SKIP_MESSAGE
 from fedllm.train.objectives import token_loss_sum
 
 from .conftest import synthetic_federation
@@ -236,6 +236,46 @@ def test_cli_data_stats_writes_card_json_and_pngs(tmp_path, bench_file, monkeypa
     assert res.exit_code == 0 and json.loads((out / "stats.json").read_text())["ifd"]["replies_scored_now"] == 0
 
 
+def test_truncated_to_nothing_counts_samples_without_a_response_token(tmp_path, base):
+    long_q = "Explain " + "very " * 40 + "carefully."
+    clients = {"a": _single([("Hi", "Hello"), (long_q, "ok"), (long_q, "sure")]),
+               "b": _single([("Hi", "Hello there")] * 2),
+               "p": [PreferenceSample((Message("user", long_q),), "yes", "no")]}  # DPO cuts the prompt first
+    max_length = 48
+    template = get_template("chat", base.tokenizer)
+
+    def first_response_token(sample):
+        labels = encode_sft(sample, template, base.tokenizer, 4096)["labels"]
+        return next(i for i, label in enumerate(labels) if label != -100)
+
+    assert [first_response_token(s) < max_length for s in clients["a"] + clients["b"]] == [True, False, False, True, True]
+    stats = analyze(_fed(clients), tmp_path / "out", base, options=StatsOptions(**QUICK, train_max_length=max_length),
+                    cache_dir=tmp_path / "cache")
+    expected = {"max_length": 48, "template": "chat", "total": 2, "share": pytest.approx(2 / 6), "per_client": {"a": 2}}
+    assert stats["truncated_to_nothing"] == expected
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["truncated_to_nothing"] == expected
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert ("At max_length 48 (`chat` template), 2 samples (33.3%) keep no response token and are dropped from "
+            "training (most in: a (2)).") in card
+    # Long enough for every sample: one line says so.
+    stats = analyze(_fed(clients), tmp_path / "out", base, options=StatsOptions(**QUICK), cache_dir=tmp_path / "cache")
+    assert stats["truncated_to_nothing"]["total"] == 0 and stats["truncated_to_nothing"]["max_length"] == 384
+    assert "At max_length 384 (`chat` template), every sample keeps at least one response token." in (
+        tmp_path / "out" / "README.md").read_text()
+
+
+def test_cli_data_stats_max_length(tmp_path, bench_file, monkeypatch):
+    monkeypatch.setenv("FEDLLM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "stats"
+    res = CliRunner().invoke(app, ["data", "stats", str(bench_file), "--model", "tiny", "--out", str(out), "--no-ifd",
+                                   "--no-embeddings", "--max-length", "20"])
+    assert res.exit_code == 0, res.output
+    tr = json.loads((out / "stats.json").read_text())["truncated_to_nothing"]
+    assert (tr["max_length"], tr["total"]) == (20, 66)  # every prompt is longer than 20 tokens
+    assert tr["per_client"] == {"user0": 12, "user1": 15, "user2": 18, "user3": 21}
+    assert "no response token left at max_length 20" in res.output and "66 (100.0%)" in res.output
+
+
 def test_cli_data_stats_unknown_name_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(app, ["data", "stats", "fed-pycod", "--model", "tiny", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "fed-pycode" in res.output
@@ -243,7 +283,7 @@ def test_cli_data_stats_unknown_name_is_a_clear_error(tmp_path):
 
 @pytest.mark.integration
 def test_minilm_embeds_sentences():
-    from fedllm.data.analysis.embeddings import minilm_embedder
+    from fedllm.models.embedder import minilm_embedder
 
     embed = minilm_embedder()
     v = np.asarray(embed(["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock prices fell sharply."]))

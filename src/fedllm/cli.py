@@ -250,17 +250,19 @@ def data_stats(
     max_samples_per_client: int = typer.Option(8, "--max-samples-per-client", min=1, help="samples per client scored by IFD"),
     no_ifd: bool = typer.Option(False, "--no-ifd", help="skip the IFD data-quality scores"),
     no_embeddings: bool = typer.Option(False, "--no-embeddings", help="skip the t-SNE of sentence embeddings"),
+    max_length: int = typer.Option(384, "--max-length", min=1, help="training length limit (data.max_length): count the samples it leaves without a response token"),
 ) -> None:
     """Dataset statistics after FedLLM-Bench 3.3: Table 1 row, figures, stats.json and a README.md card."""
     import time
 
-    from fedllm.data.analysis import StatsOptions, run_stats
-    from fedllm.data.analysis.util import fmt_pm
+    from fedllm.describe import fmt_pm
+    from fedllm.stats import StatsOptions, run_stats
 
     start = time.perf_counter()
-    opts = StatsOptions(max_samples_per_client=max_samples_per_client, ifd=not no_ifd, embeddings=not no_embeddings)
+    opts = StatsOptions(max_samples_per_client=max_samples_per_client, ifd=not no_ifd, embeddings=not no_embeddings,
+                        train_max_length=max_length)
     out_dir, stats = run_stats(name, out, model=model, options=opts, console=err_console)
-    t = stats["table1"]
+    t, tr = stats["table1"], stats["truncated_to_nothing"]
     table = Table(title=f"{t['dataset']}: FedLLM-Bench Table 1 row")
     table.add_column("statistic")
     table.add_column("value", justify="right")
@@ -268,7 +270,8 @@ def data_stats(
                          ("samples per client", fmt_pm(t["samples_per_client"])),
                          ("instruction tokens (client means)", fmt_pm(t["instruction_tokens"])),
                          ("response tokens (client means)", fmt_pm(t["response_tokens"])),
-                         ("IFD (client means)", fmt_pm(t["ifd"], 3) if t["ifd"] else "not computed")):
+                         ("IFD (client means)", fmt_pm(t["ifd"], 3) if t["ifd"] else "not computed"),
+                         (f"no response token left at max_length {tr['max_length']}", f"{tr['total']} ({tr['share']:.1%})")):
         table.add_row(label, value)
     console.print(table)
     console.print(f"wrote {out_dir}/README.md, stats.json and {len(stats['figures'])} figures "

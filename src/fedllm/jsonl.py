@@ -1,5 +1,8 @@
 """Durable files: an append-only JSONL key -> value cache, and atomic whole-file writes.
 
+Every JSON text goes through :func:`dumps`: strict JSON (RFC 8259), so NaN and infinities are written
+as null, never as the bare ``NaN``/``Infinity`` that other parsers refuse.
+
 The cache serves every resumable computation (dataset statistics, per-item evaluation results,
 judgments): each finished result is appended and flushed as it comes, so an interrupted run keeps
 what it computed and the next run resumes; a line torn by a kill is ignored on load.
@@ -8,6 +11,7 @@ what it computed and the next run resumes; a line torn by a kill is ignored on l
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -15,10 +19,32 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python, tuples -> lists, dict keys -> str: strict JSON values."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`json_safe` ``(obj)``: strict JSON (NaN/inf become null), non-ASCII kept;
+    `kwargs` go to json.dumps (indent, separators, default ...)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **{"ensure_ascii": False, **kwargs})
+
 
 class JsonlCache:
     """Append-only key -> JSON value store in one file. `hits` and `misses` count lookups since the
-    cache was opened. ``path=None`` keeps everything in memory."""
+    cache was opened. ``path=None`` keeps everything in memory. Values are written with :func:`dumps`
+    (a NaN/inf value reads back as None); in memory a value stays as it was put."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = Path(path) if path is not None else None
@@ -55,7 +81,7 @@ class JsonlCache:
         lines = []
         for key, value in items:
             self.data[key] = value
-            lines.append(json.dumps({"k": key, "v": value}, separators=(",", ":"), ensure_ascii=False) + "\n")
+            lines.append(dumps({"k": key, "v": value}, separators=(",", ":")) + "\n")
         if self.path is None or not lines:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,8 +122,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """``obj`` as indented JSON, written atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False, default=str))
+    write_text_atomic(path, dumps(obj, indent=1, default=str))
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+    write_text_atomic(path, "".join(dumps(r, default=str) + "\n" for r in rows))

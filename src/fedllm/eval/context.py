@@ -15,12 +15,12 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from rich.console import Console
 
-from fedllm.data.analysis.util import progress_bar
 from fedllm.data.formatting import Template, prompt_text
 from fedllm.data.schema import Message
 from fedllm.eval.generation import Decoding, GenRequest, TextModel
 from fedllm.eval.target import Target
 from fedllm.jsonl import JsonlCache
+from fedllm.progress import progress_bar
 from fedllm.seeding import derive_seed
 
 T = TypeVar("T")

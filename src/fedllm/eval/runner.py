@@ -23,10 +23,10 @@ from rich.table import Table
 
 from fedllm.data.formatting import get_template
 from fedllm.eval.context import EvalContext, EvalError
-from fedllm.data.analysis.util import stable_hash
 from fedllm.eval.generation import TextModel
 from fedllm.eval.metrics import get_metric
 from fedllm.eval.target import Target
+from fedllm.hashing import stable_hash
 from fedllm.jsonl import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")

@@ -21,7 +21,7 @@ class EmbedSim:
     description: ClassVar[str] = "mean cosine similarity answer vs reference (all-MiniLM-L6-v2)"
 
     def run(self, ctx: EvalContext) -> MetricResult:
-        from fedllm.data.analysis.embeddings import minilm_embedder
+        from fedllm.models.embedder import minilm_embedder
 
         items, source = indomain_items(ctx)
         answers = indomain_answers(ctx, items)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from fedllm.data.analysis.util import mean_std
+from fedllm.describe import mean_std
 from fedllm.eval.context import EvalContext, MetricResult, mean
 from fedllm.eval.indomain import indomain_answers, indomain_items
 from fedllm.eval.judge import judgment_counts

@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from fedllm.data.analysis.corpus import Federation, instruction_text
-from fedllm.data.analysis.util import progress_bar, seeded_order
+from fedllm.progress import progress_bar
+from fedllm.stats.corpus import Federation, instruction_text
+from fedllm.stats.sampling import seeded_order
 
 VerbParser = Callable[[list[str]], list["str | None"]]
 SPACY_MODEL = "en_core_web_sm"

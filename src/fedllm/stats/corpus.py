@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedllm.data.fedllm_bench import parse_record, read_fedllm_bench, record_from_sample, sample_kind
+from fedllm.data.fedllm_bench import check_unicode, parse_record, read_fedllm_bench, record_from_sample, sample_kind
 from fedllm.data.schema import DataError, FederatedDataset, InstructionSample, Message, PreferenceSample, Sample
-from fedllm.data.analysis.util import stable_hash
+from fedllm.hashing import stable_hash
 
 MANIFEST = "manifest.json"
 
@@ -125,6 +125,11 @@ def _lenient_read(path: Path, strict_error: DataError) -> tuple[dict[str, list[S
     problems = [f"the strict loader refused the file: {strict_error}"]
     clients: dict[str, list[Sample]] = {}
     for cid, records in raw.items():
+        try:
+            check_unicode(cid, f"{path}: client id {cid!r}", "fix the client id")
+        except DataError as e:
+            problems.append(f"{e} (client skipped)")
+            continue
         if not isinstance(records, list):
             problems.append(f"client {cid!r}: records are a {type(records).__name__}, not a list; client skipped")
             continue

@@ -38,11 +38,13 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
-from fedllm.data.analysis.corpus import Federation, scored_replies
-from fedllm.data.analysis.util import progress_bar, seeded_order, stable_hash
 from fedllm.data.formatting import Template, collate, encode_preference
 from fedllm.data.schema import Message, PreferenceSample
+from fedllm.hashing import stable_hash
 from fedllm.jsonl import JsonlCache
+from fedllm.progress import progress_bar
+from fedllm.stats.corpus import Federation, scored_replies
+from fedllm.stats.sampling import seeded_order
 
 METHOD_VERSION = 1
 PARTS = ("cond", "alone")
@@ -79,9 +81,10 @@ def ifd_features(context: Sequence[Message], reply: str, template: Template, tok
 
 
 def ifd_from_losses(entry: dict[str, list[float]]) -> float:
-    """IFD of a cached entry {"cond": [loss_sum, tokens], "alone": [loss_sum, tokens]}."""
+    """IFD of a cached entry {"cond": [loss_sum, tokens], "alone": [loss_sum, tokens]}; NaN where undefined
+    (a non-finite loss is cached as null)."""
     (c_sum, c_n), (a_sum, a_n) = entry["cond"], entry["alone"]
-    if not c_n or not a_n or a_sum <= 0:
+    if not c_n or not a_n or c_sum is None or a_sum is None or a_sum <= 0:
         return float("nan")
     return (c_sum / c_n) / (a_sum / a_n)
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from rich.console import Console
 
-from fedllm.data.analysis.corpus import Federation, instruction_text, response_text
-from fedllm.data.analysis.util import progress_bar
 from fedllm.data.schema import PreferenceSample
+from fedllm.progress import progress_bar
+from fedllm.stats.corpus import Federation, instruction_text, response_text
 
 
 def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -11,15 +10,17 @@ from typing import Any, Union
 
 from rich.console import Console
 
-from fedllm.data.analysis import card, figures
-from fedllm.data.analysis.corpus import Federation, from_dataset, load_federation
-from fedllm.data.analysis.embeddings import MIN_POINTS, Embedder, embed_clients, minilm_embedder, tsne_2d
-from fedllm.data.analysis.ifd import RowLossFn, client_summary, compute_ifd, row_loss_sums
-from fedllm.data.analysis.lengths import length_preference, token_lengths
-from fedllm.data.analysis.util import describe, json_safe, mean_std, stable_hash
-from fedllm.data.analysis.verbs import SKIP_MESSAGE, VerbParser, root_verbs, spacy_parser
 from fedllm.data.schema import FederatedDataset
-from fedllm.jsonl import JsonlCache, atomic_write
+from fedllm.describe import describe, mean_std
+from fedllm.hashing import stable_hash
+from fedllm.jsonl import JsonlCache, atomic_write, dumps, json_safe
+from fedllm.models.embedder import MINILM_NAME, Embedder, minilm_embedder
+from fedllm.stats import card, figures, truncation
+from fedllm.stats.corpus import Federation, from_dataset, load_federation
+from fedllm.stats.embeddings import MIN_POINTS, embed_clients, tsne_2d
+from fedllm.stats.ifd import RowLossFn, client_summary, compute_ifd, row_loss_sums
+from fedllm.stats.lengths import length_preference, token_lengths
+from fedllm.stats.verbs import SKIP_MESSAGE, VerbParser, root_verbs, spacy_parser
 
 AUTO = "auto"
 
@@ -35,6 +36,7 @@ class StatsOptions:
     seed: int = 0
     template: str = "chat"
     max_length: int = 1024  # IFD: tokens per rendered sample (the prompt is cut from the left first)
+    train_max_length: int = 384  # truncation count: the run's data.max_length (its default)
     embed_clients: int = 10
     embed_per_client: int = 50
     verbs_per_client: int = 200
@@ -56,7 +58,7 @@ def default_out_dir(name: str) -> Path:
 class _LazyMiniLM:
     """all-MiniLM-L6-v2, loaded on the first call only (a fully cached run never loads it)."""
 
-    name = "all-MiniLM-L6-v2"
+    name = MINILM_NAME
 
     def __init__(self) -> None:
         self._embed: Embedder | None = None
@@ -79,7 +81,7 @@ def _template(name: str, tokenizer: Any, notes: list[str]) -> Any:
     try:
         return get_template(name, tokenizer)
     except TemplateError as e:
-        notes.append(f"template {name!r} unusable ({e}); IFD used the 'alpaca' template instead")
+        notes.append(f"template {name!r} unusable ({e}); IFD and the truncation count used the 'alpaca' template instead")
         return get_template("alpaca", tokenizer)
 
 
@@ -130,8 +132,13 @@ def analyze(
             clients[cid]["length_preference"] = length_preference(entry["response"], entry["rejected"])
     timings["token_lengths"] = time.perf_counter() - t0
 
-    ifd_info: dict[str, Any] = {"computed": False}
     template = _template(opts.template, base.tokenizer, notes)
+    t0 = time.perf_counter()
+    lost = truncation.truncated_to_nothing(fed, template, base.tokenizer, opts.train_max_length, console)
+    truncated = truncation.summary(lost, sum(sizes.values()), opts.train_max_length, template.name)
+    timings["truncation"] = time.perf_counter() - t0
+
+    ifd_info: dict[str, Any] = {"computed": False}
     if opts.ifd:
         t0 = time.perf_counter()
         result = compute_ifd(
@@ -207,6 +214,7 @@ def analyze(
         "settings": {**asdict(opts), "model": model_name or base.source, "tokenizer": base.source,
                      "template": template.name, "std": "population (ddof=0) over clients"},
         "table1": table1(fed.name, clients, opts.ifd),
+        "truncated_to_nothing": truncated,
         "clients": list(clients.values()),
         "ifd": ifd_info,
         "embeddings": embed_info,
@@ -217,7 +225,7 @@ def analyze(
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
     stats = json_safe(stats)
-    atomic_write(out / "stats.json", lambda f: f.write(json.dumps(stats, indent=2, ensure_ascii=False) + "\n"))
+    atomic_write(out / "stats.json", lambda f: f.write(dumps(stats, indent=2) + "\n"))
     atomic_write(out / "README.md", lambda f: f.write(card.render(stats)))
     return stats
 

