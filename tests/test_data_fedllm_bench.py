@@ -247,6 +247,55 @@ def test_missing_file(tmp_path: Path) -> None:
         load_fedllm_bench(tmp_path / "nope.json")
 
 
+# ---------------------------------------------------------------------------------- lone surrogates
+
+# JSON text holding the escape \ud800 (a lone high surrogate), as files in the wild do.
+LONE = "\\ud800"
+
+
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        ('{"instruction": "q", "response": "caf\\u00e9 %s"}' % LONE, "response"),
+        ('{"instruction": "q", "output": "x%s"}' % LONE, "output"),
+        ('{"instruction": "q", "input": "%s", "response": "r"}' % LONE, "input"),
+        ('{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "%s"}]}' % LONE,
+         "conversations[1].value"),
+        ('{"prompt": "p", "chosen": "x", "rejected": "%s"}' % LONE, "rejected"),
+    ],
+)
+def test_lone_surrogate_is_refused_with_its_location(tmp_path: Path, record: str, field: str) -> None:
+    path = tmp_path / "fed.json"
+    text = '{"u1": [%s, %s, %s, %s]}' % (GOOD, GOOD, GOOD, record)
+    assert "\\ud800" in text and json.loads(text)  # the file holds the escape; plain json accepts it
+    _assert_load_fails(path, text, "u1", 3, f"record 3, {field}: contains a lone surrogate (\\ud800)")
+    with pytest.raises(DataError, match="the text is not valid Unicode — fix or drop the record"):
+        read_fedllm_bench(path)
+
+
+def test_valid_surrogate_pair_loads(tmp_path: Path) -> None:
+    path = tmp_path / "fed.json"
+    path.write_text('{"u1": [{"instruction": "q", "response": "\\ud83d\\ude00"}]}')
+    assert read_fedllm_bench(path)["u1"][0].response == "\U0001F600"
+
+
+def test_lone_surrogate_in_client_id(tmp_path: Path) -> None:
+    path = tmp_path / "fed.json"
+    path.write_text('{"u%s": [%s]}' % (LONE, GOOD))
+    with pytest.raises(DataError, match=r"fed.json: client id 'u\\ud800': contains a lone surrogate .* fix the client id"):
+        read_fedllm_bench(path)
+
+
+def test_writer_refuses_lone_surrogates(tmp_path: Path) -> None:
+    path = tmp_path / "out.json"
+    bad = {"a": [InstructionSample.single_turn("q", "r"), InstructionSample.single_turn("q", "r\ud800")]}
+    with pytest.raises(DataError, match=r"cannot write .*out.json: client 'a', record 1, response: contains a lone surrogate"):
+        write_fedllm_bench(bad, path)
+    with pytest.raises(DataError, match=r"cannot write .*client id 'b\\udc80': contains a lone surrogate"):
+        write_fedllm_bench({"b\udc80": [InstructionSample.single_turn("q", "r")]}, path)
+    assert not path.exists() and list(tmp_path.iterdir()) == []  # nothing half-written
+
+
 # ---------------------------------------------------------------------------------- atomic write
 
 

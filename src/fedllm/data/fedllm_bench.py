@@ -12,7 +12,9 @@ A file is either one JSON object mapping client id -> list of records, or a JSON
 
 Extra fields are ignored. Every problem is a :class:`DataError` naming the file, the client and the
 record (and the line/column or byte offset where the file itself is broken), because a message
-without a location is useless in a file of a million records.
+without a location is useless in a file of a million records. Text must be valid Unicode: a JSON
+escape of a lone surrogate (``"\\ud800"``) decodes to a Python string that no tokenizer or UTF-8
+writer accepts, so it is refused where it is read (and before anything is written).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from fedllm.data.schema import (
 from fedllm.jsonl import atomic_write
 
 __all__ = [
+    "check_unicode",
     "load_fedllm_bench",
     "parse_record",
     "read_fedllm_bench",
@@ -66,12 +69,31 @@ def _where(file: str | os.PathLike[str], client: str, index: int) -> str:
     return f"{file}: client {client!r}, record {index}"
 
 
+def check_unicode(text: str, where: str, fix: str = "fix or drop the record") -> str:
+    """`text` if it is valid Unicode; a DataError at `where` naming the first lone surrogate otherwise.
+
+    A lone surrogate (U+D800..U+DFFF outside a pair) comes from a JSON escape such as ``"\\ud800"``;
+    it cannot be encoded as UTF-8, so tokenizers and file writers fail on it far from its origin.
+    ASCII text is accepted without encoding it.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(
+            f"{where}: contains a lone surrogate (\\u{ord(text[e.start]):04x}) at character {e.start}; "
+            f"the text is not valid Unicode — {fix}"
+        ) from None
+    return text
+
+
 def _optional_str(record: Mapping[str, Any], key: str, where: str) -> str | None:
     """The string field `key`, or None when absent or null."""
     value = record.get(key)
     if value is not None and not isinstance(value, str):
         raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
-    return value
+    return value if value is None else check_unicode(value, f"{where}, {key}")
 
 
 def _required_str(record: Mapping[str, Any], key: str, where: str) -> str:
@@ -81,6 +103,7 @@ def _required_str(record: Mapping[str, Any], key: str, where: str) -> str:
     value = record[key]
     if not isinstance(value, str):
         raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    check_unicode(value, f"{where}, {key}")
     if not value.strip():
         raise DataError(f"{where}: field {key!r} is empty")
     return value
@@ -110,6 +133,7 @@ def _parse_turns(turns: Any, where: str, field: str, *, last_role: str) -> tuple
             raise DataError(f"{at}: unknown speaker {speaker!r}; expected one of {sorted(_ROLE_NAMES)}")
         if not isinstance(content, str):
             raise DataError(f"{at}: {content_key!r} must be a string, got {type(content).__name__}")
+        check_unicode(content, f"{where}, {field}[{t}].{content_key}")
         if role != "system" and not content.strip():
             raise DataError(f"{at}: empty {role} turn")
         expected = "user" if not messages or messages[-1].role != "user" else "assistant"
@@ -285,6 +309,7 @@ class _Scanner:
                 if not self._peek('"'):
                     raise self._fail("expected a client id string", key_where)
                 client = self._value(key_where)
+                check_unicode(client, f"{self.file}: client id {client!r}", "fix the client id")
                 if client in clients:
                     raise DataError(f"{self.file}: client {client!r}: duplicate client id")
                 self._expect(":", f"{self.file}: client {client!r}")
@@ -437,6 +462,7 @@ def _dump_lines(clients: Mapping[str, Iterable[Sample]], path: Path) -> Iterator
     for c, (cid, samples) in enumerate(clients.items()):
         if not isinstance(cid, str):
             raise DataError(f"{path}: client ids must be strings, got {cid!r}")
+        check_unicode(cid, f"cannot write {path}: client id {cid!r}", "fix the client id")
         records = [record_from_sample(s) for s in samples]
         if not records:
             raise DataError(f"{path}: client {cid!r}: empty client (0 records)")
@@ -445,7 +471,10 @@ def _dump_lines(clients: Mapping[str, Iterable[Sample]], path: Path) -> Iterator
             raise DataError(f"{path}: client {cid!r}: mixed sample kinds {sorted(kinds)}")
         yield ("," if c else "") + f"\n{json.dumps(cid, ensure_ascii=False)}: ["
         for i, rec in enumerate(records):
-            parse_record(rec, file=path, client=cid, index=i)  # refuse what would not load back
+            try:  # refuse what would not load back (text that is not valid Unicode included)
+                parse_record(rec, file=path, client=cid, index=i)
+            except DataError as e:
+                raise DataError(f"cannot write {e}") from None
             yield ("," if i else "") + "\n  " + json.dumps(rec, ensure_ascii=False)
         yield "\n]"
     yield "\n}\n"
