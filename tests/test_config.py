@@ -69,6 +69,56 @@ def test_registry_names_are_validated():
     assert "unknown algorithm 'FedAvg'" in msg and "unknown objective 'ppo'" in msg and "unknown template 'x'" in msg
 
 
-def test_fl_params_round_trip():
-    p = build_config({"fl": {"algorithm": "fedyogi", "compat": "openfedllm", "beta1": 0.5}}).fl.params()
+def test_fl_section_is_the_algorithms_params():
+    from fedllm.fl import FLParams, build_algorithm
+
+    p = build_config({"fl": {"algorithm": "fedyogi", "compat": "openfedllm", "beta1": 0.5}}).fl
+    assert isinstance(p, FLParams)  # one definition: the config section is what build_algorithm takes
     assert (p.algorithm, p.compat, p.beta1) == ("fedyogi", "openfedllm", 0.5)
+    assert build_algorithm(p, 3).optimizer.name == "yogi"
+
+
+def test_float_settings_must_be_finite():
+    with pytest.raises(ConfigError) as e:
+        build_config({}, ["train.lr=.nan", "fl.server_lr=.inf", "fl.mu=-.inf", "train.max_grad_norm=.nan"])
+    msg = str(e.value)
+    assert "4 problem(s)" in msg
+    for key in ("train.lr", "fl.server_lr", "fl.mu", "train.max_grad_norm"):
+        assert f"{key}: Input should be a finite number" in msg
+
+
+def test_unknown_key_hint_names_a_real_command():
+    with pytest.raises(ConfigError, match=r"fl.bogus: unknown key \(check spelling; `fedllm config` prints every key\)"):
+        build_config({"fl": {"bogus": 1}})
+
+
+def test_dataset_and_build_options_are_validated_with_the_rest():
+    with pytest.raises(ConfigError) as e:
+        build_config({"data": {"dataset": "fed-pycode", "build": {"min_sampels": 3}}, "fl": {"rounds": 0}})
+    msg = str(e.value)
+    assert "2 problem(s)" in msg and "fl.rounds" in msg
+    assert "data.build: source 'fed-pycode' has no build option(s) ['min_sampels']" in msg
+    with pytest.raises(ConfigError, match="only apply to a registered dataset, not to the file 'my.json'"):
+        build_config({"data": {"dataset": "my.json", "build": {"x": 1}}})
+    with pytest.raises(ConfigError, match="data.dataset: .*name a registered dataset"):
+        build_config({"data": {"dataset": " "}})
+
+
+def test_component_options_are_typed():
+    cfg = build_config({"fl": {"aggregator": "trimmed_mean", "transforms": [{"name": "clip", "max_norm": 2}]}})
+    assert cfg.fl.aggregator == {"name": "trimmed_mean", "trim_ratio": 0.2}  # defaults filled in, written to config.yaml
+    assert cfg.fl.transforms == [{"name": "clip", "max_norm": 2.0, "where": "client"}]
+    with pytest.raises(ConfigError) as e:
+        build_config({"fl": {"aggregator": {"name": "krum", "byzantin": 1},
+                             "transforms": [{"name": "clip"}, {"name": "noise"}]}})
+    msg = str(e.value)
+    assert "2 problem(s)" in msg  # one per key; the list's items each name their index
+    assert "fl.aggregator: Value error, aggregator 'krum': byzantin: Extra inputs are not permitted" in msg
+    assert "[0] update transform 'clip': max_norm: Field required; [1] unknown update transform 'noise'" in msg
+
+
+def test_warnings_name_settings_without_effect():
+    cfg = build_config({"fl": {"algorithm": "fedadam", "mu": 0.1}, "train": {"momentum": 0.5, "epochs": 2}})
+    assert cfg.warnings() == ["fl.mu=0.1 is ignored by fedadam", "train.momentum=0.5 is ignored by train.optimizer=adamw",
+                              "train.epochs=2.0 is ignored: train.local_steps is fixed (10), not 'dynamic'"]
+    assert build_config({"train": {"optimizer": "sgdm", "momentum": 0.5}}).warnings() == []

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
-from fedllm.fl.base import FLParams
+from fedllm.fl.params import STRICT, FLParams
 
 
 class ConfigError(ValueError):
@@ -23,7 +27,7 @@ def _registered(value: str, names: Any, what: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -57,37 +61,43 @@ class DataConfig(_Section):
 
         return _registered(v, TEMPLATES, "template")
 
-
-class FLConfig(_Section):
-    algorithm: str = "fedavg"
-    compat: Literal["paper", "openfedllm"] = "paper"
-    weighting: Literal["samples", "uniform", "seen"] = "samples"
-    rounds: int = Field(10, gt=0)
-    clients_per_round: int = Field(2, gt=0)
-    local_client: str | int = Field(0, description="the Local baseline's client: id, or index into the client list")
-    server_lr: float | None = Field(None, gt=0)
-    mu: float = Field(0.01, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-    tau: float = Field(1e-3, gt=0)
-    bias_correction: bool = False
-
-    @field_validator("algorithm")
+    @field_validator("dataset")
     @classmethod
-    def _known_algorithm(cls, v: str) -> str:
-        from fedllm.fl import ALGORITHMS
+    def _dataset_named(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("name a registered dataset (`fedllm data list`) or a FedLLM-Bench JSON file")
+        return v
 
-        return _registered(v, ALGORITHMS, "algorithm")
+    @model_validator(mode="after")
+    def _build_options(self) -> DataConfig:
+        """Build options must be ones the registered source knows (a file takes none)."""
+        from fedllm.data.sources import SOURCES, get_source
 
-    def params(self) -> FLParams:
-        return FLParams(
-            algorithm=self.algorithm, compat=self.compat, weighting=self.weighting, server_lr=self.server_lr,
-            mu=self.mu, beta1=self.beta1, beta2=self.beta2, tau=self.tau, bias_correction=self.bias_correction,
-        )
+        if self.dataset.lower() in SOURCES:
+            try:
+                get_source(self.dataset).resolve_kwargs(self.build)
+            except TypeError as e:
+                raise ValueError(f"data.build: {e}") from None
+        elif self.build:
+            raise ValueError(f"data.build options {sorted(self.build)} only apply to a registered dataset, "
+                             f"not to the file {self.dataset!r}")
+        return self
+
+
+@dataclass(config=STRICT)
+class FLConfig(FLParams):
+    """The algorithm's settings (``FLParams``) plus the engine's: rounds and participation."""
+
+    rounds: int = Field(10, gt=0)
+    clients_per_round: int = Field(2, gt=0, description="clients sampled per round; at most the number of clients")
+    local_client: Union[str, int] = Field(0, description="the Local baseline's client: id, or index into the client list")
 
 
 class TrainConfig(_Section):
     objective: str = "sft"
+    optimizer: str = Field("adamw", description="local optimizer, fresh every round: adamw, sgd or sgdm "
+                                                "(SCAFFOLD as published uses sgd)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum of the sgdm local optimizer")
     local_steps: Union[int, Literal["dynamic"]] = Field(10, description="K per round, or 'dynamic' (FedLLM-Bench's rule)")
     epochs: float = Field(3.0, gt=0, description="E of the dynamic rule K_i = ceil(n_i·E/(T·S/N)/(B·GA))")
     batch_size: int = Field(4, gt=0)
@@ -104,6 +114,20 @@ class TrainConfig(_Section):
         from fedllm.train.objectives import OBJECTIVES
 
         return _registered(v, OBJECTIVES, "objective")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        from fedllm.train.local import LOCAL_OPTIMIZERS
+
+        return LOCAL_OPTIMIZERS.check(v)
+
+    @field_validator("max_grad_norm")
+    @classmethod
+    def _positive_clip(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("max_grad_norm must be positive, or null to disable clipping")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -124,8 +148,11 @@ class CheckpointConfig(_Section):
     keep: int = Field(2, ge=1, description="keep the newest N round checkpoints")
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
+
+
 class RunConfig(_Section):
-    name: str = "run"
+    name: str = Field("run", description="the run directory's name under output_dir (letters, digits, _ . + = , -)")
     output_dir: str = "runs"
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -136,9 +163,55 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        """A run writes only under output_dir: no path separators, no '..', no leading dot or dash."""
+        if not RUN_NAME.fullmatch(v):
+            raise ValueError("a run name is one directory name of letters, digits and _ . + = , - "
+                             "(not empty, no '/', not starting with '.' or '-'), e.g. fedavg-r20")
+        return v
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    def warnings(self) -> list[str]:
+        """Settings that have no effect with the rest of this configuration (one line each)."""
+        from fedllm.fl import ignored_params
+
+        out = ignored_params(self.fl)
+        defaults = TrainConfig()
+        if self.train.optimizer != "sgdm" and self.train.momentum != defaults.momentum:
+            out.append(f"train.momentum={self.train.momentum} is ignored by train.optimizer={self.train.optimizer}")
+        if self.train.local_steps != "dynamic" and self.train.epochs != defaults.epochs:
+            out.append(f"train.epochs={self.train.epochs} is ignored: train.local_steps is fixed "
+                       f"({self.train.local_steps}), not 'dynamic'")
+        return out
+
+
+#: keys a resumed run may differ in (where the run directory is now), everything else must match
+LOCATION_KEYS = ("name", "output_dir")
+
+
+def config_fingerprint(cfg: RunConfig) -> str:
+    """Stable hash of everything that decides what a run computes (its location excluded)."""
+    data = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in LOCATION_KEYS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two config dumps."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if not prefix and k in LOCATION_KEYS:
+            continue
+        a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 def _parse_value(text: str) -> Any:
@@ -171,8 +244,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith(("int", "literal", "function")))
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check spelling; see `fedllm config --show` for all keys)"
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            msg = "unknown key (check spelling; `fedllm config` prints every key)"
         got = e.get("input")
         lines.append(f"  {loc or '<root>'}: {msg}" + (f" (got {got!r})" if not isinstance(got, dict) else ""))
     return "\n".join(lines)

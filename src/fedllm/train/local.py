@@ -1,7 +1,8 @@
 """LocalTrainer: K steps of local training of the adapter slot, with an algorithm's client hooks.
 
-The only place that runs backward passes. A fresh AdamW per client and round; the learning rate
-is constant within the round (the engine sets it from the cosine over rounds).
+The only place that runs backward passes. A fresh local optimizer per client and round (AdamW by
+default; SGD, with or without momentum, as SCAFFOLD was published); the learning rate is constant
+within the round (the server sets it from the cosine over rounds).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fedllm.fl.base import ClientHooks
 from fedllm.fl.state import State
 from fedllm.models.adapters import AdapterSlot
 from fedllm.models.precision import Precision
+from fedllm.registry import Registry
 from fedllm.train.objectives import Objective, to_device
 
 
@@ -38,17 +40,41 @@ class StepInfo:
     loss: float
     tokens: int
     seconds: float
+    total: int = 0  # steps in this round
+
+
+LOCAL_OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("local optimizer")
+"""``train.optimizer``: (params, lr, weight_decay, momentum) -> a fresh optimizer."""
+
+
+@LOCAL_OPTIMIZERS.register("adamw")
+def _adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@LOCAL_OPTIMIZERS.register("sgd")
+def _sgd(params: list[torch.nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+
+@LOCAL_OPTIMIZERS.register("sgdm")
+def _sgdm(params: list[torch.nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
 
 
 class LocalTrainer:
     def __init__(self, slot: AdapterSlot, objective: Objective, precision: Precision, pad_id: int,
-                 weight_decay: float = 0.0, max_grad_norm: float | None = 1.0) -> None:
+                 weight_decay: float = 0.0, max_grad_norm: float | None = 1.0, optimizer: str = "adamw",
+                 momentum: float = 0.9) -> None:
+        self.make_optimizer = LOCAL_OPTIMIZERS.lookup(optimizer)
         self.slot = slot
         self.objective = objective
         self.precision = precision
         self.pad_id = pad_id
         self.weight_decay = weight_decay
         self.max_grad_norm = max_grad_norm
+        self.optimizer = optimizer
+        self.momentum = momentum
 
     def train(self, features: list[dict[str, Any]], steps: list[list[list[int]]], lr: float,
               hooks: ClientHooks | None = None, on_step: Callable[[StepInfo], None] | None = None) -> LocalResult:
@@ -58,7 +84,7 @@ class LocalTrainer:
         params = self.slot.params
         plist = list(params.values())
         model.train()
-        opt = torch.optim.AdamW(plist, lr=lr, weight_decay=self.weight_decay)
+        opt = self.make_optimizer(plist, lr, self.weight_decay, self.momentum)
         t0 = time.perf_counter()
         total_loss, total_units, seen, tokens = 0.0, 0, 0, 0
         step_losses: list[float] = []
@@ -90,7 +116,7 @@ class LocalTrainer:
             tokens += step_tokens
             step_losses.append(step_loss / denom)
             if on_step is not None:
-                on_step(StepInfo(s, step_losses[-1], step_tokens, time.perf_counter() - ts))
+                on_step(StepInfo(s, step_losses[-1], step_tokens, time.perf_counter() - ts, len(steps)))
         opt.zero_grad(set_to_none=True)
         return LocalResult(state=self.slot.read(), num_steps=len(steps), num_seen=seen, num_tokens=tokens,
                            loss=total_loss / max(total_units, 1), seconds=time.perf_counter() - t0,

@@ -1,14 +1,15 @@
-"""FedProx (Li et al. 2020): FedAvg server; clients add μ/2·Σ‖θ − w‖² to pull toward the global w."""
+"""FedProx (Li et al. 2020): clients add μ/2·Σ‖θ − w‖² to pull toward the global w; FedAvg server."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor
 
 from fedllm.fl import state as S
-from fedllm.fl.base import ClientHooks, register_algorithm
-from fedllm.fl.fedavg import FedAvg
+from fedllm.fl.base import ClientHooks, ClientMethod
+from fedllm.fl.registries import CLIENT_METHODS
 from fedllm.fl.state import State
 
 
@@ -31,9 +32,16 @@ class FedProxHooks(ClientHooks):
         return self.mu / 2 * total
 
 
-@register_algorithm("fedprox")
-class FedProx(FedAvg):
-    """FedAvg server; proximal weight μ = params.mu."""
+@CLIENT_METHODS.register("fedprox")
+class FedProx(ClientMethod):
+    """Proximal weight μ = params.mu, sent to clients in the instruction."""
 
-    def client_hooks(self, global_state: State, client_state: State | None) -> ClientHooks:
-        return FedProxHooks(global_state, self.params.mu)
+    reads = ("mu",)
+
+    def client_options(self) -> dict[str, Any]:
+        return {"mu": self.params.mu}
+
+    @classmethod
+    def hooks(cls, options: Mapping[str, Any], global_state: State, payload: Mapping[str, State],
+              client_state: State | None) -> ClientHooks:
+        return FedProxHooks(global_state, float(options["mu"]))

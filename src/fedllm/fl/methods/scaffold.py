@@ -3,23 +3,25 @@
 Client: every step uses the correction c − c_i; paper mode adds it to the gradient before the
 optimizer step, openfedllm mode (OpenFedLLM's callback) subtracts lr·(c − c_i) from θ after the
 AdamW step. Then c_i⁺ = c_i − c + (w − w_i)/(K·η_l) and Δc_i = c_i⁺ − c_i go to the server.
-Server: w ← w + η_s·Σ p_i Δ_i (FedAvg; samples-weighted in openfedllm mode) and c ← c + Σ_S Δc_i / N,
-with N the total number of clients.
+Server: c travels with the global adapter; after the step, c ← c + Σ_S Δc_i / N with N the total
+number of clients (the adapter itself moves as FedAvg's does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fedllm.fl import state as S
-from fedllm.fl.base import ClientHooks, ClientUpdate, register_algorithm
-from fedllm.fl.fedavg import FedAvg
+from fedllm.fl.base import ClientHooks, ClientMethod, ClientUpdate
+from fedllm.fl.registries import CLIENT_METHODS
 from fedllm.fl.state import State
 
 CONTROL_DELTA = "control_delta"
+CONTROL = "c"
 
 
 class ScaffoldHooks(ClientHooks):
@@ -65,27 +67,34 @@ class ScaffoldHooks(ClientHooks):
         return {CONTROL_DELTA: S.sub(c_new, self.c_i)}, c_new
 
 
-@register_algorithm("scaffold")
-class Scaffold(FedAvg):
-    """FedAvg server plus the server control variate c (zeros at first, shape of the adapter)."""
+@CLIENT_METHODS.register("scaffold")
+class Scaffold(ClientMethod):
+    """The server control variate c (zeros at first, shape of the adapter) and its update."""
 
     stateful_clients = True
-    server_states = ("c",)
+    reply_payload = (CONTROL_DELTA,)
+    states = ("c",)
     c: State | None
 
-    def client_hooks(self, global_state: State, client_state: State | None) -> ClientHooks:
+    def client_options(self) -> dict[str, Any]:
+        return {"after_step": self.params.compat == "openfedllm"}
+
+    def payload(self, global_state: State) -> dict[str, State]:
         if self.c is None:
             self.c = S.zeros_like(global_state)
-        c_i = S.zeros_like(global_state) if client_state is None else S.match(client_state, global_state)
-        compat = self.params.compat == "openfedllm"
-        return ScaffoldHooks(global_state, S.match(self.c, global_state), c_i, after_step=compat)
+        return {CONTROL: S.match(self.c, global_state)}
 
-    def server_update(self, global_state: State, delta: State, updates: list[ClientUpdate]) -> State:
-        """FedAvg step, then c ← c + Σ_S Δc_i / N."""
+    @classmethod
+    def hooks(cls, options: Mapping[str, Any], global_state: State, payload: Mapping[str, State],
+              client_state: State | None) -> ClientHooks:
+        c_i = S.zeros_like(global_state) if client_state is None else S.match(client_state, global_state)
+        return ScaffoldHooks(global_state, payload[CONTROL], c_i, after_step=bool(options["after_step"]))
+
+    def absorb(self, global_state: State, updates: list[ClientUpdate]) -> None:
+        """c ← c + Σ_S Δc_i / N."""
         missing = [u.client_id for u in updates if CONTROL_DELTA not in u.extras]
         if missing:
             raise ValueError(f"scaffold updates lack extras[{CONTROL_DELTA!r}] (clients {missing[:3]})")
         c = self.c if self.c is not None else S.zeros_like(global_state)
         dc = S.weighted_sum([u.extras[CONTROL_DELTA] for u in updates], [1 / self.num_clients] * len(updates))
         self.c = S.add(c, S.match(dc, c))
-        return super().server_update(global_state, delta, updates)

@@ -1,0 +1,210 @@
+"""The server of a federated algorithm, composed of parts: update transforms (validation first),
+an aggregator, a server optimizer and a client method, each with its state in checkpoints.
+
+One round: every update passes the transforms (a rejected one is dropped with its reason), the
+survivors are weighted and aggregated into Δ, aggregate-stage transforms may change Δ, the optimizer
+moves w along Δ, and the client method updates its server state (SCAFFOLD's c). A round where no
+update survives, or whose step would leave a non-finite value, changes nothing and says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedllm.fl.base import ClientHooks, ClientUpdate, Rejected
+from fedllm.fl.registries import AGGREGATORS, ALGORITHMS, CLIENT_METHODS, SERVER_OPTIMIZERS, TRANSFORMS, build_component, resolve_spec
+from fedllm.fl.params import FLParams, Weighting
+from fedllm.fl.state import State
+from fedllm.fl.transforms.validate import Validate, ValidateOptions
+
+ALWAYS_READ = frozenset({"algorithm", "compat", "aggregator", "server_optimizer", "transforms", "max_update_norm"})
+
+
+@dataclass
+class RoundOutcome:
+    """What the server did with one round's updates."""
+
+    state: State | None  # the new global adapter; None when the round was skipped
+    accepted: list[str] = field(default_factory=list)  # client ids aggregated, in order
+    weights: list[float] = field(default_factory=list)  # their aggregation weights
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (client id, reason)
+    skipped: str | None = None  # why the global adapter did not move
+
+
+class Algorithm:
+    """A method preset with its parts; ``fl.aggregator`` / ``fl.server_optimizer`` replace parts."""
+
+    def __init__(self, params: FLParams, num_clients: int) -> None:
+        if num_clients < 1:
+            raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+        self.params = params
+        self.num_clients = num_clients
+        self.preset = ALGORITHMS.lookup(params.algorithm)
+        self.aggregator_spec = params.aggregator or resolve_spec(AGGREGATORS, self.preset.aggregator)
+        self.aggregator = build_component(AGGREGATORS, self.aggregator_spec)
+        optimizer_cls = SERVER_OPTIMIZERS.lookup(params.server_optimizer or self.preset.optimizer)
+        self.optimizer = optimizer_cls(params, lr=self.preset.pinned.get("server_lr"))
+        self.method = CLIENT_METHODS.lookup(self.preset.method)(params, num_clients)
+        validate = Validate(ValidateOptions(max_norm=params.max_update_norm, payload=self.method.reply_payload))
+        self.transform_specs = [dict(s) for s in params.transforms]
+        self.transforms = [validate, *(build_component(TRANSFORMS, s) for s in self.transform_specs)]
+        self.rounds_done = 0  # server updates applied so far; part of the checkpointed state
+
+    # ----- what the parts say about the method
+    @property
+    def name(self) -> str:
+        return self.params.algorithm
+
+    @property
+    def single_client(self) -> bool:
+        """The Local baseline: one client trains alone and nothing is averaged."""
+        return self.preset.single_client
+
+    @property
+    def stateful_clients(self) -> bool:
+        return self.method.stateful_clients
+
+    @property
+    def server_lr(self) -> float:
+        return self.optimizer.lr
+
+    def describe(self) -> dict[str, Any]:
+        """The parts in force, for the run's setup event."""
+        return {"aggregator": self.aggregator_spec, "server_optimizer": self.optimizer.name,
+                "client_method": self.method.name, "server_lr": self.server_lr,
+                "weighting": self.weighting() if self.aggregator.uses_weights else None,
+                "transforms": self.transform_specs}
+
+    # ----- client half: what the instruction carries
+    def client_method(self) -> dict[str, Any]:
+        """The client method's name and options."""
+        return {"name": self.method.name, **self.method.client_options()}
+
+    def client_transforms(self) -> list[dict[str, Any]]:
+        """Specs of the transforms the client runs on its update before it leaves."""
+        return [spec for spec, t in zip(self.transform_specs, self.transforms[1:]) if t.on_client_side]
+
+    def client_payload(self, global_state: State) -> dict[str, State]:
+        return self.method.payload(global_state)
+
+    def client_hooks(self, global_state: State, client_state: State | None) -> ClientHooks:
+        """The client half in this process (what a client builds from its instruction)."""
+        return build_client_hooks(self.client_method(), global_state, self.client_payload(global_state), client_state)
+
+    # ----- server half
+    def weighting(self) -> Weighting:
+        if self.params.compat == "openfedllm" and self.preset.openfedllm_weighting is not None:
+            return self.preset.openfedllm_weighting
+        return self.params.weighting
+
+    def weights(self, updates: list[ClientUpdate]) -> list[float]:
+        """Aggregation weights p_i (sum to 1) by the weighting in force."""
+        if not updates:
+            raise ValueError("cannot aggregate zero client updates")
+        mode = self.weighting()
+        if mode == "uniform":
+            raw = [1.0] * len(updates)
+        elif mode == "samples":
+            raw = [float(u.num_samples) for u in updates]
+        elif mode == "seen":
+            raw = [float(u.num_seen) for u in updates]
+        else:
+            raise ValueError(f"unknown weighting {mode!r}; expected samples, uniform or seen")
+        total = sum(raw)
+        if total <= 0:
+            raise ValueError(f"aggregation weights ({mode}) sum to {total}; every client reported 0")
+        return [r / total for r in raw]
+
+    def step(self, global_state: State, updates: list[ClientUpdate]) -> RoundOutcome:
+        """Transform, validate and aggregate the updates, then move the global adapter."""
+        accepted: list[ClientUpdate] = []
+        dropped: list[tuple[str, str]] = []
+        for u in updates:
+            try:
+                for t in self.transforms:
+                    u = t.on_update(u, global_state)
+            except Rejected as e:
+                dropped.append((u.client_id, str(e)))
+                continue
+            accepted.append(u)
+        if not accepted:
+            return RoundOutcome(None, dropped=dropped, skipped="no client update survived validation")
+        n = len(accepted)
+        weights = self.weights(accepted) if self.aggregator.uses_weights else [1.0 / n] * n
+        delta = self.aggregator.aggregate([u.delta for u in accepted], weights)
+        for t in self.transforms:
+            delta = t.on_aggregate(delta, accepted)
+        before = self.state_dict()
+        new_state = self.optimizer.step(global_state, delta, self.rounds_done)
+        ids = [u.client_id for u in accepted]
+        if not all_finite(new_state):
+            self.load_state_dict(before)
+            return RoundOutcome(None, ids, weights, dropped, "the server step gave non-finite values")
+        self.method.absorb(global_state, accepted)
+        self.rounds_done += 1
+        return RoundOutcome(new_state, ids, weights, dropped)
+
+    def aggregate(self, global_state: State, updates: list[ClientUpdate]) -> State:
+        """New global adapter from the old one and this round's updates; ValueError if none is usable."""
+        outcome = self.step(global_state, updates)
+        if outcome.state is None:
+            reasons = "; ".join(f"{cid}: {why}" for cid, why in outcome.dropped)
+            raise ValueError(f"round skipped: {outcome.skipped}" + (f" ({reasons})" if reasons else ""))
+        return outcome.state
+
+    # ----- checkpointing
+    def _parts(self) -> list[Any]:
+        return [self.aggregator, self.optimizer, self.method, *self.transforms]
+
+    def state_dict(self) -> dict[str, Tensor | int | float]:
+        """Flat server state: ``rounds_done`` and every part's tensors under ``"<state>/<key>"``."""
+        d: dict[str, Tensor | int | float] = {"rounds_done": self.rounds_done}
+        for part in self._parts():
+            for k, v in part.state_dict().items():
+                if k in d:
+                    raise RuntimeError(f"server state key {k!r} is used by two parts ({type(part).__name__})")
+                d[k] = v
+        return d
+
+    def load_state_dict(self, d: Mapping[str, Tensor | int | float]) -> None:
+        self.rounds_done = int(d["rounds_done"])
+        for part in self._parts():
+            part.load_state_dict(d)
+
+
+def build_client_hooks(method: Mapping[str, Any], global_state: State, payload: Mapping[str, State],
+                       client_state: State | None) -> ClientHooks:
+    """The client half of a round from the instruction's method spec (no server object involved)."""
+    options = {k: v for k, v in method.items() if k != "name"}
+    return CLIENT_METHODS.lookup(method["name"]).hooks(options, global_state, payload, client_state)
+
+
+def all_finite(state: State) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values())
+
+
+def build_algorithm(params: FLParams, num_clients: int) -> Algorithm:
+    return Algorithm(params, num_clients)
+
+
+def ignored_params(params: FLParams) -> list[str]:
+    """One line per FLParams key set away from its default that the method in force does not read."""
+    alg = Algorithm(params, num_clients=1)
+    used = set(ALWAYS_READ) | alg.optimizer.used_params() | set(alg.method.reads)
+    used -= set(alg.preset.pinned)
+    if alg.aggregator.uses_weights and alg.weighting() == params.weighting:
+        used.add("weighting")
+    defaults = FLParams()
+    out = []
+    for f in dataclasses.fields(FLParams):
+        value = getattr(params, f.name)
+        if f.name not in used and value != getattr(defaults, f.name):
+            out.append(f"fl.{f.name}={value} is ignored by {params.algorithm}"
+                       + (f" (compat: {params.compat})" if params.compat != "paper" else ""))
+    return out

@@ -1,0 +1,5 @@
+"""Update transforms: validation, clipping (and, built on the same seam, privacy noise and codecs).
+One module each; importing registers."""
+
+from fedllm.fl.transforms import validate as validate  # noqa: F401
+from fedllm.fl.transforms import clip as clip  # noqa: F401
