@@ -23,8 +23,9 @@ from benchmarks.common import median, write_result
 from fedllm.config import build_config
 from fedllm.data.formatting import get_template
 from fedllm.engine.progress import Reporter
-from fedllm.engine.simulation import Session, Simulation, cosine_lr, load_federation
+from fedllm.engine.simulation import Session, Simulation, cosine_lr
 from fedllm.fl.sampling import sample_uniform
+from fedllm.runs import load_federation
 from fedllm.seeding import derive_seed
 from fedllm.train.batching import draw_round_batches
 from fedllm.train.objectives import get_objective, to_device

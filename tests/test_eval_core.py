@@ -112,13 +112,14 @@ def test_continuation_logprobs_match_a_manual_forward(tiny_lm):
 def tiny_run(tmp_path_factory) -> Path:
     from fedllm.engine.progress import Reporter
     from fedllm.engine.simulation import Simulation
+    from fedllm.eval.heldout import HeldoutEvaluator
 
     tmp = tmp_path_factory.mktemp("evalrun")
     data = tmp / "fed.json"
     data.write_text(json.dumps(synthetic_records()))
     cfg = tiny_config(tmp, name="fedavg", data={"dataset": str(data)}, fl={"rounds": 2},
                       eval={"every": 0, "at_start": False}, checkpoint={"every": 1, "keep": 5})
-    Simulation(cfg, reporter=Reporter(quiet=True)).run()
+    Simulation(cfg, reporter=Reporter(quiet=True), evaluator=HeldoutEvaluator.from_config(cfg.eval)).run()
     return cfg.run_dir
 
 
@@ -238,10 +239,21 @@ def test_an_interrupted_generation_resumes_from_its_items(tiny_run, tmp_path, mo
     assert rows[0]["gsm8k"] is not None
 
 
+def test_a_damaged_adapter_is_named(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    adapter = copy / "adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:64])
+    with pytest.raises(EvalError, match=r"adapter_model.safetensors is damaged and cannot be read"):
+        run_evaluation(resolve_targets([str(copy)], out_root=tmp_path), EvalSettings(metrics=["heldout"]))
+
+
 def test_judge_metrics_without_a_judge_fail_clearly(tiny_run, tmp_path):
     with pytest.raises(EvalError, match="need an LLM judge"):
         run_evaluation(resolve_targets([str(tiny_run)]), EvalSettings(metrics=["mt_bench"], data_dir=FIXTURES))
-    with pytest.raises(EvalError, match="unknown metric 'mmmlu'; did you mean 'mmlu'"):
+    with pytest.raises(EvalError, match="unknown metric 'mmmlu'; known: .*mmlu.*; did you mean 'mmlu'"):
         run_evaluation(resolve_targets([str(tiny_run)]), EvalSettings(metrics=["mmmlu"]))
 
 

@@ -9,7 +9,7 @@ from fedllm.config import build_config
 from fedllm.data.formatting import encode_sft, get_template
 from fedllm.data.schema import InstructionSample
 from fedllm.models.adapters import AdapterSlot, attach_lora, load_adapter_state, save_adapter
-from fedllm.models.loading import load_base_model
+from fedllm.models.loading import ModelError, load_base_model
 from fedllm.models.precision import Precision, cpu_flags, resolve_precision
 from fedllm.models.tiny import build_tiny_model, save_tiny
 from fedllm.train.objectives import get_objective, token_loss_sum
@@ -40,10 +40,17 @@ def test_local_directory_and_errors(tmp_path):
     path = save_tiny(tmp_path / "m")
     base = load_base_model(build_config({"model": {"name": str(path)}}).model)
     assert base.model.config.hidden_size == 64 and base.tokenizer.chat_template
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(ModelError, match="is a path but not a model directory"):
         load_base_model(build_config({"model": {"name": str(tmp_path)}}).model)
-    with pytest.raises(FileNotFoundError, match="GGUF file not found"):
+    with pytest.raises(ModelError, match="no such GGUF file"):
         load_base_model(build_config({"model": {"name": str(tmp_path / "x.gguf")}}).model)
+    # a local path that does not exist is named as such, not reported as a malformed hub id
+    for missing in (str(tmp_path / "nope"), "./models/nope", "~/nope-model"):
+        with pytest.raises(ModelError, match=r"no such directory; give a local model directory"):
+            load_base_model(build_config({"model": {"name": missing}}).model)
+    # neither a directory nor a usable hub id (offline here): one line, no traceback
+    with pytest.raises(ModelError, match=r"model.name='not a/valid id' could not be loaded"):
+        load_base_model(build_config({"model": {"name": "not a/valid id"}}).model)
 
 
 def test_adapter_slot_round_trip_and_key_checks(tmp_path):
@@ -120,3 +127,14 @@ def test_embedded_model_loads_trains_and_formats():
         opt.zero_grad()
         losses.append(float(s.detach()) / n)
     assert losses[-1] < losses[0]
+
+
+def test_damaged_adapter_file_is_named(tmp_path):
+    from fedllm.models.adapters import AdapterFileError
+
+    slot = AdapterSlot(attach_lora(build_tiny_model(), build_config({"lora": {"r": 4}}).lora))
+    out = save_adapter(slot, slot.initial_state(0), tmp_path / "adapter")
+    path = out / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(AdapterFileError, match=r"adapter_model.safetensors is damaged and cannot be read"):
+        load_adapter_state(out)

@@ -38,13 +38,19 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from fedllm.config import ConfigError
         from fedllm.data.schema import DataError
-        from fedllm.engine.simulation import RunError
         from fedllm.eval.context import EvalError
+        from fedllm.models.adapters import AdapterFileError
+        from fedllm.models.loading import ModelError
+        from fedllm.runs import RunError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, RunError, EvalError, FileNotFoundError) as e:
+        except (ConfigError, DataError, RunError, EvalError, ModelError, AdapterFileError, FileNotFoundError) as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as e:  # an I/O problem nothing more specific caught: say which file and why
+            where = f" ({e.filename})" if e.filename else ""
+            err_console.print(f"[bold red]error:[/] {e.strerror or e}{where}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -56,20 +62,28 @@ def train(
     overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. fl.rounds=20 train.lr=1e-4"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run configuration"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change",
+                                             help="with --resume: continue although config.yaml was edited since the checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Run a federated simulation; writes runs/<name>/ (config, metrics.jsonl, checkpoints, adapter, summary)."""
     from fedllm.config import load_config
     from fedllm.engine.progress import Reporter
-    from fedllm.engine.simulation import Simulation, resume_config
+    from fedllm.engine.simulation import Simulation
+    from fedllm.eval.heldout import HeldoutEvaluator
+    from fedllm.runs import read_run_config
 
     if resume is not None:
         if config is not None or overrides:
             raise typer.BadParameter("--resume uses the run's saved config.yaml; drop --config and overrides")
-        cfg = resume_config(resume)
+        cfg = read_run_config(resume)
     else:
+        if allow_config_change:
+            raise typer.BadParameter("--allow-config-change only applies with --resume")
         cfg = load_config(config, overrides or [])
-    summary = Simulation(cfg, reporter=Reporter(quiet=quiet)).run(resume=resume is not None)
+    sim = Simulation(cfg, reporter=Reporter(quiet=quiet), evaluator=HeldoutEvaluator.from_config(cfg.eval),
+                     allow_config_change=allow_config_change)
+    summary = sim.run(resume=resume is not None)
     final = summary.get("final_eval", {})
     console.print(f"[green]done[/]: {cfg.run_dir}  held-out loss {final.get('pooled_loss', float('nan')):.4f}  "
                   f"train {summary['train_seconds']:.0f}s")
@@ -194,10 +208,13 @@ def show_config(
     overrides: Optional[list[str]] = typer.Argument(None),
     config: Optional[Path] = typer.Option(None, "--config", "-c"),
 ) -> None:
-    """Print the resolved configuration (defaults + file + overrides)."""
+    """Print the resolved configuration (defaults + file + overrides) and settings that have no effect."""
     from fedllm.config import dump_config, load_config
 
-    console.print(dump_config(load_config(config, overrides or [])), highlight=False)
+    cfg = load_config(config, overrides or [])
+    console.print(dump_config(cfg), highlight=False)
+    for w in cfg.warnings():
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
 
 
 @data_app.command("list")

@@ -8,6 +8,7 @@ lets several clients train in parallel and averages what they learned.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -29,7 +30,9 @@ def quickstart_configs(output_dir: Path, overrides: list[str]) -> tuple[RunConfi
 
 def run_quickstart(output_dir: Path, overrides: list[str], console: Console) -> None:
     from fedllm.engine.progress import Reporter
-    from fedllm.engine.simulation import Session, Simulation, load_federation
+    from fedllm.engine.simulation import Session, Simulation
+    from fedllm.eval.heldout import HeldoutEvaluator
+    from fedllm.runs import load_federation
 
     fedavg_cfg, local_cfg = quickstart_configs(output_dir, overrides)
     for cfg in (fedavg_cfg, local_cfg):
@@ -39,7 +42,7 @@ def run_quickstart(output_dir: Path, overrides: list[str], console: Console) -> 
     dataset = load_federation(fedavg_cfg)
     sizes = {cid: dataset[cid].num_train for cid in dataset.client_ids}
     largest = max(sizes, key=lambda c: (sizes[c], c))
-    local_cfg = local_cfg.model_copy(update={"fl": local_cfg.fl.model_copy(update={"local_client": largest})})
+    local_cfg = local_cfg.model_copy(update={"fl": dataclasses.replace(local_cfg.fl, local_client=largest)})
     console.print(f"  {len(sizes)} clients, {sum(sizes.values())} training samples; Local trains client "
                   f"[cyan]{largest}[/] ({sizes[largest]} samples) alone")
     session = Session.create(fedavg_cfg)
@@ -47,7 +50,8 @@ def run_quickstart(output_dir: Path, overrides: list[str], console: Console) -> 
                   f"LoRA {session.slot.num_parameters():,} trainable parameters")
     reporter = Reporter(console=console)
     for cfg in (local_cfg, fedavg_cfg):
-        Simulation(cfg, session=session, dataset=dataset, reporter=reporter).run()
+        Simulation(cfg, session=session, dataset=dataset, reporter=reporter,
+                   evaluator=HeldoutEvaluator.from_config(cfg.eval)).run()
     runs = [load_run(local_cfg.run_dir), load_run(fedavg_cfg.run_dir)]
     rows = comparison_rows(runs)
     print_comparison(rows, console, title="Held-out loss on every client's test data (lower is better)")

@@ -51,8 +51,17 @@ class Reporter:
         if not self.quiet:
             self.console.print(msg)
 
-    def eval(self, round_done: int, pooled: float, mean_client: float) -> None:
-        self.info(f"  [cyan]eval[/] after round {round_done}: held-out loss {pooled:.4f} (pooled), {mean_client:.4f} (client mean)")
+    def warn(self, msg: str) -> None:
+        """Warnings show even when quiet: they say something is not as the user asked."""
+        self.console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+
+    def eval(self, round_done: int, row: dict[str, Any]) -> None:
+        """One line per evaluation: the held-out losses if the evaluator gave them, else every number."""
+        if "pooled_loss" in row:
+            text = f"held-out loss {row['pooled_loss']:.4f} (pooled), {row.get('mean_client_loss', float('nan')):.4f} (client mean)"
+        else:
+            text = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "seconds")
+        self.info(f"  [cyan]eval[/] after round {round_done}: {text}")
 
     @contextlib.contextmanager
     def rounds(self, total: int, start: int, title: str) -> Iterator[_Silent]:

@@ -1,5 +1,9 @@
-"""The simulation engine: one base model per process, clients trained one after another in its
-adapter slot, a server algorithm aggregating their updates. Setup -> rounds -> save; resumable.
+"""The simulation engine: the server loop of a run, its clients reached through a transport.
+
+Setup -> rounds -> save; resumable. Each round the server samples clients, sends each an
+``Instruction`` and gets a ``Reply`` back as bytes (in-process: every client shares this process's
+base model and adapter slot), passes the updates to the composed server (validation, aggregation,
+server optimizer) and logs what happened. Evaluation is a callback the caller passes in.
 
 Everything random is derived from (run seed, purpose, round, client), so a run resumed from a
 checkpoint continues exactly as one never interrupted.
@@ -7,38 +11,40 @@ checkpoint continues exactly as one never interrupted.
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import torch
+from safetensors import SafetensorError
 
-from fedllm.config import RunConfig, dump_config, load_config
-from fedllm.data.formatting import get_template
-from fedllm.data.schema import FederatedDataset
-from fedllm.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from fedllm.engine.metrics import MetricsLog, read_metrics
+from fedllm.config import RunConfig, config_diff, config_fingerprint, dump_config
+from fedllm.data.schema import ClientData, FederatedDataset, Sample
+from fedllm.engine.checkpoint import load_latest, save_checkpoint
+from fedllm.engine.client import ClientRuntime
+from fedllm.engine.messages import Instruction
+from fedllm.engine.metrics import MetricsLog, cost_summary, read_metrics
 from fedllm.engine.progress import Reporter
-from fedllm.engine.store import ClientStateStore
-from fedllm.eval.cost import ModelShape, cost_summary, peak_memory_mb, serialized_bytes, train_flops
-from fedllm.eval.heldout import HeldoutResult, evaluate_heldout
+from fedllm.engine.rundir import RunLock, remove_debris
+from fedllm.engine.store import ClientStateStore, io_reason
+from fedllm.engine.transport import Exchange, InProcessTransport, Transport
 from fedllm.fl import Algorithm, ClientUpdate, build_algorithm
 from fedllm.fl import state as S
 from fedllm.fl.sampling import sample_uniform
-from fedllm.jsonl import write_text_atomic
+from fedllm.jsonl import dumps, write_text_atomic
 from fedllm.models.adapters import AdapterSlot, save_adapter
 from fedllm.models.loading import BaseModel, load_base_model
+from fedllm.models.precision import Precision
+from fedllm.runs import ADAPTER, CHECKPOINTS, CLIENT_STATE, CONFIG, METRICS, SUMMARY, RunError, load_federation, run_clients
 from fedllm.seeding import derive_seed
-from fedllm.train.batching import draw_round_batches, dynamic_local_steps
-from fedllm.train.local import LocalTrainer, StepInfo
-from fedllm.train.objectives import get_objective
+from fedllm.train.cost import peak_memory_mb
+from fedllm.train.local import StepInfo
+from fedllm.train.task import Task
 
-
-class RunError(RuntimeError):
-    """A run cannot start or resume as asked."""
+__all__ = ["Evaluator", "RunError", "Session", "Simulation", "cosine_lr"]
 
 
 def cosine_lr(round_idx: int, rounds: int, lr: float, lr_min: float) -> float:
@@ -69,101 +75,142 @@ class Session:
             raise RunError("a shared session must use one LoRA configuration for every run")
 
 
-def load_federation(cfg: RunConfig) -> FederatedDataset:
-    from fedllm.data.sources import load_dataset
+class Evaluator(Protocol):
+    """The evaluation callback: prepared once with the run's task and its clients' test samples,
+    then called with the model holding the global adapter; returns one row of numbers."""
 
-    return load_dataset(cfg.data.dataset, test_fraction=cfg.data.test_fraction, seed=cfg.seed, **cfg.data.build)
+    def prepare(self, task: Task, precision: Precision, tests: dict[str, list[Sample]]) -> None: ...
+
+    def __call__(self, model: Any) -> dict[str, Any]: ...
 
 
-def run_clients(cfg: RunConfig, dataset: FederatedDataset) -> list[str]:
-    """The clients a run federates (the first ``data.max_clients``, in file order)."""
-    ids = list(dataset.client_ids)[: cfg.data.max_clients or None]
-    if not ids:
-        raise RunError(f"dataset {cfg.data.dataset!r} has no clients")
-    return ids
+TransportFactory = Callable[[ClientRuntime, Callable[[str], ClientData], Callable[[str, StepInfo], None]], Transport]
 
 
 class Simulation:
     def __init__(self, cfg: RunConfig, *, session: Session | None = None, dataset: FederatedDataset | None = None,
-                 reporter: Reporter | None = None) -> None:
+                 reporter: Reporter | None = None, evaluator: Evaluator | None = None,
+                 transport: TransportFactory | None = None, allow_config_change: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = cfg.run_dir
         self.reporter = reporter or Reporter()
+        self.evaluator = evaluator
         self._session = session
         self._dataset = dataset
+        self._transport = transport or InProcessTransport
+        self.allow_config_change = allow_config_change
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
         self.dataset = self._dataset if self._dataset is not None else load_federation(cfg)
-        self.client_ids = ids = run_clients(cfg, self.dataset)
+        self.client_ids = run_clients(cfg, self.dataset)
         self.session = self._session or Session.create(cfg)
         self.session.check(cfg)
         self.slot = self.session.slot
         base = self.session.base
-        self.tokenizer = base.tokenizer
-        self.pad_id = int(self.tokenizer.pad_token_id)
-        self.template = get_template(cfg.data.template, self.tokenizer)
-        self.objective = get_objective(cfg.train.objective)
-        self.algorithm: Algorithm = build_algorithm(cfg.fl.params(), num_clients=len(ids))
+        self.task = Task.create(cfg.train.objective, cfg.data.template, base.tokenizer, cfg.data.max_length)
+        self.truncated, self.excluded = self._scan_clients()
+        eligible = [c for c in self.client_ids if c not in self.excluded]
+        self.warnings = cfg.warnings()
+        self.algorithm: Algorithm = build_algorithm(cfg.fl, num_clients=max(len(eligible), 1))
         if self.algorithm.single_client:
             self.participants = [self._resolve_local_client(cfg.fl.local_client)]
         else:
-            self.participants = ids
-        self.trainer = LocalTrainer(self.slot, self.objective, base.precision, self.pad_id,
-                                    weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm)
-        self.store = ClientStateStore(self.run_dir / "client_state") if self.algorithm.stateful_clients else None
-        self.num_samples, self.heldout = self._scan_clients()
+            self.participants = eligible
+            if not eligible:
+                raise RunError(f"no client of {cfg.data.dataset!r} has a trainable sample at data.max_length="
+                               f"{cfg.data.max_length}; raise data.max_length")
+            if cfg.fl.clients_per_round > len(eligible):
+                raise RunError(f"fl.clients_per_round={cfg.fl.clients_per_round} exceeds the {len(eligible)} clients "
+                               f"that can train{self._excluded_note()}; set fl.clients_per_round <= {len(eligible)}")
+        self.store = ClientStateStore(self.run_dir / CLIENT_STATE) if self.algorithm.stateful_clients else None
+        self.runtime = ClientRuntime(self.slot, self.task, base.precision, self.store)
+        if self.evaluator is not None:
+            self.evaluator.prepare(self.task, base.precision, {cid: self.dataset[cid].test for cid in self.client_ids})
         self.adapter_bytes = S.num_bytes(self.slot.read())
-        self.wire_bytes = serialized_bytes(self.slot.read())  # what one adapter transfer costs
-        self.shape = ModelShape.of(self.slot.model)
         self.setup_seconds = time.perf_counter() - t0
+
+    def _scan_clients(self) -> tuple[dict[str, int], dict[str, str]]:
+        """One pass over the clients: samples truncated to nothing, and clients left with none."""
+        truncated, excluded = {}, {}
+        for cid in self.client_ids:
+            client = self.dataset[cid]
+            enc = self.task.encode(client.train)
+            if enc.dropped:
+                truncated[cid] = enc.dropped
+            if not enc.features:
+                excluded[cid] = ("no training samples" if not client.train else
+                                 f"all {enc.dropped} training samples lose every loss token at data.max_length="
+                                 f"{self.cfg.data.max_length}")
+        return truncated, excluded
+
+    def _excluded_note(self) -> str:
+        return f" ({len(self.excluded)} of {len(self.client_ids)} have no trainable sample)" if self.excluded else ""
 
     def _resolve_local_client(self, which: str | int) -> str:
         if isinstance(which, int):
             if not 0 <= which < len(self.client_ids):
                 raise RunError(f"fl.local_client={which} is out of range: {len(self.client_ids)} clients")
-            return self.client_ids[which]
-        if which not in self.client_ids:
+            which = self.client_ids[which]
+        elif which not in self.client_ids:
             raise RunError(f"fl.local_client={which!r} is not a client id (e.g. {self.client_ids[:3]})")
+        if which in self.excluded:
+            raise RunError(f"fl.local_client={which!r} cannot train: {self.excluded[which]}")
         return which
-
-    def _encode(self, samples: list[Any]) -> list[dict[str, Any]]:
-        c = self.cfg.data
-        return [self.objective.encode(s, self.template, self.tokenizer, c.max_length) for s in samples]
-
-    def _scan_clients(self) -> tuple[dict[str, int], dict[str, list[dict[str, Any]]]]:
-        """One pass over the clients: training-set sizes (aggregation weights) and encoded test sets."""
-        cap = self.cfg.eval.max_samples_per_client
-        sizes, heldout = {}, {}
-        for cid in self.client_ids:
-            client = self.dataset[cid]
-            sizes[cid] = client.num_train
-            test = client.test[:cap] if cap else client.test
-            if test:
-                heldout[cid] = self._encode(test)
-        return sizes, heldout
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train (or resume) the run; its directory is locked for the duration."""
+        created = self._open_run_dir()
+        lock = RunLock(self.run_dir)
+        lock.acquire()
+        try:
+            if not resume and ((self.run_dir / CHECKPOINTS).exists() or (self.run_dir / METRICS).exists()):
+                raise RunError(f"{self.run_dir} already holds a run; resume it with `fedllm train --resume "
+                               f"{self.run_dir}` or choose another name (name=...)")
+            if debris := remove_debris(self.run_dir):
+                self.reporter.info(f"removed what an interrupted run left behind: {', '.join(debris)}")
+            try:
+                self._setup()
+            except BaseException:
+                if created:
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                raise
+            return self._run(resume)
+        finally:
+            lock.release()
+
+    def _open_run_dir(self) -> bool:
+        """Create the run directory; True if it did not exist. I/O problems are one clear RunError."""
+        existed = self.run_dir.is_dir()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / ".write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise RunError(f"cannot write the run directory {self.run_dir} ({e.strerror or e}: {e.filename or self.run_dir}); "
+                           f"choose a writable output_dir=") from None
+        return not existed
+
+    def _run(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
-        ckpt_root = self.run_dir / "checkpoints"
-        if not resume and (ckpt_root.exists() or (self.run_dir / "metrics.jsonl").exists()):
-            raise RunError(f"{self.run_dir} already holds a run; resume it with `fedllm train --resume {self.run_dir}` "
-                           f"or choose another name (name=...)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._setup()
+        ckpt_root = self.run_dir / CHECKPOINTS
         start_round, global_state = 0, None
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        metrics = MetricsLog(self.run_dir / METRICS)
         timing = {"train_seconds": 0.0, "eval_seconds": 0.0}
         history: list[dict[str, Any]] = []
-        if resume and (ckpts := list_checkpoints(ckpt_root)):
-            ck = load_checkpoint(ckpts[-1])
+        ck = load_latest(ckpt_root, self.reporter.warn) if resume else None
+        for w in self.warnings:
+            self.reporter.warn(w)
+        if ck is not None:
+            self._check_config(ck.info, ck.path)
             start_round, global_state = ck.round, ck.global_state
             self.algorithm.load_state_dict(ck.server_state)
             if self.store is not None:
-                self.store.restore(ck.path / "client_state")
+                self.store.restore(ck.path / CLIENT_STATE)
             metrics.truncate(int(ck.info["metrics_offset"]))
             timing = ck.info.get("timing", timing)
             history = ck.info.get("history", [])
@@ -172,36 +219,88 @@ class Simulation:
             if self.store is not None:
                 self.store.clear()
             metrics.truncate(0)
-            write_text_atomic(self.run_dir / "config.yaml", dump_config(cfg))
+            self._write(CONFIG, dump_config(cfg))
             global_state = self.slot.initial_state(derive_seed(cfg.seed, "lora-init"))
             metrics.write("setup", clients=len(self.client_ids), participants=len(self.participants),
+                          excluded=self.excluded, truncated_samples=self.truncated,
+                          algorithm=self.algorithm.describe(), warnings=self.warnings,
                           adapter_parameters=self.slot.num_parameters(), adapter_bytes=self.adapter_bytes,
-                          wire_bytes=self.wire_bytes, body_parameters=self.shape.body_params, precision=self.session.base.precision.name, device=str(self.session.base.device),
+                          body_parameters=self.runtime.shape.body_params,
+                          precision=self.session.base.precision.name, device=str(self.session.base.device),
                           setup_seconds=self.setup_seconds)
+            for cid, why in self.excluded.items():
+                self.reporter.warn(f"client {cid} is left out of sampling: {why}")
             if cfg.eval.at_start:
                 history.append(self._evaluate(0, global_state, metrics, timing))
         rounds = cfg.fl.rounds
         with self.reporter.rounds(rounds, start_round, title=f"{cfg.name} ({cfg.fl.algorithm})") as progress:
+            transport = self._transport(self.runtime, self.dataset.__getitem__, _StepBars(progress))
             for r in range(start_round, rounds):
-                global_state = self._round(r, global_state, metrics, timing, progress)
+                global_state = self._round(r, global_state, transport, metrics, timing)
                 done = r + 1
                 if (cfg.eval.every and done % cfg.eval.every == 0) or done == rounds:
                     history.append(self._evaluate(done, global_state, metrics, timing))
                 if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == rounds:
                     metrics.write("checkpoint", round=done)
-                    info = {"metrics_offset": metrics.offset(), "timing": timing, "history": history}
+                    info = {"metrics_offset": metrics.offset(), "timing": timing, "history": history,
+                            "fingerprint": config_fingerprint(cfg), "config": cfg.model_dump(mode="json")}
                     save_checkpoint(ckpt_root, done, global_state, self.algorithm.state_dict(), self.store, info,
                                     keep=cfg.checkpoint.keep)
                 progress.advance()
-        save_adapter(self.slot, global_state, self.run_dir / "adapter")
+        try:
+            save_adapter(self.slot, global_state, self.run_dir / ADAPTER)
+        except (OSError, SafetensorError) as e:
+            raise RunError(f"cannot save the final adapter to {self.run_dir / ADAPTER} ({io_reason(e)}); the last "
+                           f"checkpoint is intact: free space, then `fedllm train --resume {self.run_dir}`") from None
         summary = self._summary(history, timing)
-        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+        self._write(SUMMARY, dumps(summary, indent=1))
         metrics.close()
         self.slot.load(global_state)
         self.final_state = global_state
         return summary
 
-    def _round(self, r: int, global_state: S.State, metrics: MetricsLog, timing: dict[str, float], progress: Any) -> S.State:
+    def _write(self, name: str, text: str) -> None:
+        """A whole file of the run directory, atomically; an I/O error is one RunError naming it."""
+        try:
+            write_text_atomic(self.run_dir / name, text)
+        except OSError as e:
+            raise RunError(f"cannot write {self.run_dir / name} ({io_reason(e)}); free space or fix the directory, "
+                           f"then `fedllm train --resume {self.run_dir}`") from None
+
+    def _check_config(self, info: dict[str, Any], path: Path) -> None:
+        """Refuse to resume a run whose config.yaml was edited after the checkpoint (unless allowed)."""
+        if "fingerprint" not in info:
+            self.reporter.warn(f"{path.name} predates config fingerprints: edits to {CONFIG} since then cannot be detected")
+            return
+        if info["fingerprint"] == config_fingerprint(self.cfg):
+            return
+        changes = config_diff(info.get("config", {}), self.cfg.model_dump(mode="json"))
+        listed = "; ".join(changes[:6]) + ("; …" if len(changes) > 6 else "")
+        if not self.allow_config_change:
+            raise RunError(f"{self.run_dir / CONFIG} differs from the configuration {path.name} was written with "
+                           f"({listed}); restore it, or resume with --allow-config-change to continue under the new one")
+        self.reporter.warn(f"resuming under a changed configuration: {listed}")
+
+    # ------------------------------------------------------------------ one round
+    def _instructions(self, r: int, sampled: list[str], global_state: S.State, lr: float) -> Iterator[Instruction]:
+        alg = self.algorithm
+        train = self._train_settings()
+        payload = alg.client_payload(global_state)
+        for cid in sampled:
+            yield Instruction(round=r, client_id=cid, seed=self.cfg.seed, lr=lr, train=train, method=alg.client_method(),
+                              adapter=global_state, payload=payload, transforms=alg.client_transforms())
+
+    def _train_settings(self) -> dict[str, Any]:
+        """The local-training settings every instruction carries (the dynamic rule's inputs included)."""
+        t, fl = self.cfg.train, self.cfg.fl
+        return {"local_steps": t.local_steps, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
+                "group_by_length": t.group_by_length, "optimizer": t.optimizer, "momentum": t.momentum,
+                "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
+                "dynamic": {"epochs": t.epochs, "rounds": fl.rounds, "clients_per_round": fl.clients_per_round,
+                            "num_clients": len(self.participants)}}
+
+    def _round(self, r: int, global_state: S.State, transport: Transport, metrics: MetricsLog,
+               timing: dict[str, float]) -> S.State:
         cfg, alg = self.cfg, self.algorithm
         t0 = time.perf_counter()
         lr = cosine_lr(r, cfg.fl.rounds, cfg.train.lr, cfg.train.lr_min)
@@ -211,92 +310,80 @@ class Simulation:
             sampled = sample_uniform(self.participants, cfg.fl.clients_per_round, cfg.seed, r)
         updates: list[ClientUpdate] = []
         losses: dict[str, float] = {}
-        for cid in sampled:
-            update, losses[cid] = self._train_client(r, cid, global_state, lr, metrics, progress)
-            updates.append(update)
-        new_state = alg.aggregate(global_state, updates)
+        bytes_up = bytes_down = 0
+        for ex in transport.run(self._instructions(r, sampled, global_state, lr)):
+            self._log_client(r, ex, metrics)
+            updates.append(ex.reply.update)
+            losses[ex.reply.update.client_id] = ex.reply.metrics["loss"]
+            bytes_up, bytes_down = bytes_up + ex.bytes_up, bytes_down + ex.bytes_down
+        outcome = alg.step(global_state, updates)
+        for cid, why in outcome.dropped:
+            metrics.write("drop", round=r + 1, client=cid, reason=why)
+            self.reporter.warn(f"round {r + 1}: dropped the update of client {cid}: {why}")
+        if outcome.skipped:
+            self.reporter.warn(f"round {r + 1} skipped: {outcome.skipped}; the global adapter is unchanged")
+        new_state = outcome.state if outcome.state is not None else global_state
         seconds = time.perf_counter() - t0
         timing["train_seconds"] += seconds
         n_loss = sum(u.num_seen for u in updates)
-        metrics.write("round", round=r + 1, lr=lr, clients=sampled, seconds=seconds,
+        metrics.write("round", round=r + 1, lr=lr, clients=sampled, aggregated=outcome.accepted,
+                      dropped=len(outcome.dropped), skipped=outcome.skipped, seconds=seconds,
                       loss=sum(losses[u.client_id] * u.num_seen for u in updates) / max(n_loss, 1),
-                      update_norm=S.norm(S.sub(new_state, global_state)),
-                      bytes_up=self.wire_bytes * len(updates), bytes_down=self.wire_bytes * len(updates))
+                      update_norm=S.norm(S.sub(new_state, global_state)), bytes_up=bytes_up, bytes_down=bytes_down)
         return new_state
 
-    def _train_client(self, r: int, cid: str, global_state: S.State, lr: float, metrics: MetricsLog, progress: Any) -> tuple[ClientUpdate, float]:
-        cfg, alg = self.cfg, self.algorithm
-        client = self.dataset[cid]
-        if not client.train:
-            raise RunError(f"client {cid!r} has no training samples")
-        feats = self._encode(client.train)
-        t = cfg.train
-        if t.local_steps == "dynamic":
-            k = dynamic_local_steps(client.num_train, t.epochs, cfg.fl.rounds, cfg.fl.clients_per_round,
-                                    len(self.participants), t.batch_size, t.grad_accum)
-        else:
-            k = int(t.local_steps)
-        steps = draw_round_batches([self.objective.length(f) for f in feats], k, t.batch_size, t.grad_accum,
-                                   derive_seed(cfg.seed, "batches", r, cid), t.group_by_length)
-        self.slot.load(global_state)
-        client_state = self.store.get(cid) if self.store is not None else None
-        hooks = alg.client_hooks(global_state, client_state)
-        torch.manual_seed(derive_seed(cfg.seed, "torch", r, cid))  # LoRA dropout
-        task = progress.client(cid, k)
+    def _log_client(self, r: int, ex: Exchange, metrics: MetricsLog) -> None:
+        m, u = dict(ex.reply.metrics), ex.reply.update
+        for s, (loss, tokens, seconds) in enumerate(m.pop("step_log", [])):
+            metrics.write("step", round=r + 1, client=u.client_id, step=s + 1, loss=loss, lr=u.lr, tokens=tokens,
+                          seconds=seconds)
+        metrics.write("client", round=r + 1, client=u.client_id, lr=u.lr, **m, bytes_up=ex.bytes_up,
+                      bytes_down=ex.bytes_down)
 
-        def on_step(info: StepInfo) -> None:
-            metrics.write("step", round=r + 1, client=cid, step=info.step + 1, loss=info.loss, lr=lr,
-                          tokens=info.tokens, seconds=info.seconds)
-            progress.step(task, info.loss)
-
-        res = self.trainer.train(feats, steps, lr, hooks, on_step)
-        progress.done(task)
-        extras, new_client_state = hooks.finish(res.state, res.num_steps, lr)
-        if new_client_state is not None and self.store is not None:
-            self.store.put(cid, new_client_state)
-        metrics.write("client", round=r + 1, client=cid, loss=res.loss, lr=lr, steps=res.num_steps,
-                      samples=res.num_seen, tokens=res.num_tokens, seconds=res.seconds,
-                      tokens_per_s=res.num_tokens / max(res.seconds, 1e-9), seconds_per_step=res.seconds / max(res.num_steps, 1),
-                      bytes_up=self.wire_bytes, bytes_down=self.wire_bytes, labelled_tokens=res.num_units,
-                      flops=train_flops(self.shape, res.num_tokens, res.num_units),
-                      **peak_memory_mb(self.session.base.device))
-        update = ClientUpdate(client_id=cid, delta=S.sub(res.state, global_state), num_samples=self.num_samples[cid],
-                              num_seen=res.num_seen, num_steps=res.num_steps, lr=lr, extras=extras)
-        return update, res.loss
-
+    # ------------------------------------------------------------------ evaluation and summary
     def _evaluate(self, round_done: int, global_state: S.State, metrics: MetricsLog, timing: dict[str, float]) -> dict[str, Any]:
+        if self.evaluator is None:
+            return {"round": round_done}
         t0 = time.perf_counter()
         self.slot.load(global_state)
-        res: HeldoutResult = evaluate_heldout(self.slot.model, self.objective, self.heldout, self.pad_id,
-                                              self.session.base.precision, self.cfg.eval.batch_size)
+        res = self.evaluator(self.slot.model)
         seconds = time.perf_counter() - t0
         timing["eval_seconds"] += seconds
-        row = {"round": round_done, **res.to_dict(), "seconds": seconds}
+        row = {"round": round_done, **res, "seconds": seconds}
         if self.algorithm.single_client:
-            own = res.per_client.get(self.participants[0])
+            own = res.get("per_client", {}).get(self.participants[0])
             row["own_loss"] = own["loss"] if own else None
         metrics.write("eval", **row)
-        self.reporter.eval(round_done, res.pooled_loss, res.mean_client_loss)
+        self.reporter.eval(round_done, row)
         return {k: v for k, v in row.items() if k != "per_client"}
 
     def _summary(self, history: list[dict[str, Any]], timing: dict[str, float]) -> dict[str, Any]:
         cfg = self.cfg
         final = history[-1] if history else {}
+        events = read_metrics(self.run_dir / METRICS)
         return {
             "name": cfg.name, "algorithm": cfg.fl.algorithm, "compat": cfg.fl.compat, "rounds": cfg.fl.rounds,
             "clients": len(self.client_ids), "participants": self.participants if self.algorithm.single_client else None,
-            "final_eval": final, "eval_history": history, **timing,
+            "excluded_clients": self.excluded, "final_eval": final, "eval_history": history, **timing,
             "precision": self.session.base.precision.name,
             "adapter_parameters": self.slot.num_parameters(), "adapter_bytes": self.adapter_bytes,
-            "cost": cost_summary(read_metrics(self.run_dir / "metrics.jsonl", "client"), self.wire_bytes),
+            "dropped_updates": sum(1 for e in events if e["event"] == "drop"),
+            "skipped_rounds": [e["round"] for e in events if e["event"] == "round" and e.get("skipped")],
+            "cost": cost_summary([e for e in events if e["event"] == "client"]),
             **peak_memory_mb(self.session.base.device),
         }
 
 
-def resume_config(run_dir: Path) -> RunConfig:
-    """The resolved config of an existing run, pointed at where the run directory is now."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
-    return load_config(path, [f"output_dir={run_dir.parent}", f"name={run_dir.name}"])
+class _StepBars:
+    """Per-client progress bars driven by the client's step callback (in-process transports only)."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def __call__(self, client_id: str, info: StepInfo) -> None:
+        if info.step == 0:
+            self.task = self.progress.client(client_id, info.total)
+        self.progress.step(self.task, info.loss)
+        if info.step + 1 == info.total:
+            self.progress.done(self.task)

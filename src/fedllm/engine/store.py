@@ -9,9 +9,11 @@ import os
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedllm.fl.state import State
+from fedllm.runs import RunError
 
 
 class ClientStateStore:
@@ -28,10 +30,16 @@ class ClientStateStore:
         return load_file(str(path)) if path.is_file() else None
 
     def put(self, client_id: str, state: State) -> None:
+        """Replace the client's state atomically; on an I/O error the previous state stays."""
         path = self._path(client_id)
         tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"client_id": client_id})
-        os.replace(tmp, path)
+        try:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"client_id": client_id})
+            os.replace(tmp, path)
+        except (OSError, SafetensorError) as e:
+            tmp.unlink(missing_ok=True)
+            raise RunError(f"cannot write the state of client {client_id!r} to {path} ({io_reason(e)}); free space, "
+                           f"then resume the run with `fedllm train --resume`") from None
 
     def __len__(self) -> int:
         return sum(1 for _ in self.root.glob("*.safetensors"))
@@ -52,6 +60,14 @@ class ClientStateStore:
         if src.is_dir():
             for f in src.glob("*.safetensors"):
                 _link_or_copy(f, self.root / f.name)
+
+
+def io_reason(e: BaseException) -> str:
+    """The operating system's words for an I/O failure (safetensors wraps them in its own error)."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    text = str(e)
+    return text.split("I/O error: ", 1)[1].split(" (os error")[0] if "I/O error: " in text else text
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

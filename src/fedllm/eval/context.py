@@ -141,7 +141,8 @@ class EvalContext:
                 for k, ctx, conts in todo:
                     cache.put(k, self.model.continuation_logprobs(ctx, conts))
                     advance()
-        return [cache.data[k] for k in keys]
+        # strict JSON stores a log-likelihood of -inf (an impossible continuation) as null
+        return [[float("-inf") if x is None else x for x in cache.data[k]] for k in keys]
 
     def rate(self, requests: Sequence[tuple[str, str]], desc: str = "judge") -> list[Any]:
         """Judgments for ``(system, user)`` prompts through the configured judge (cached by the judge)."""

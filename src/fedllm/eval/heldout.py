@@ -1,15 +1,19 @@
-"""Held-out loss and perplexity on each client's test split and pooled over all clients."""
+"""Held-out loss and perplexity on each client's test split and pooled over all clients; also the
+training engine's evaluation callback (``HeldoutEvaluator``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from fedllm.data.schema import Sample
 from fedllm.models.precision import Precision
 from fedllm.train.objectives import Objective, to_device
+from fedllm.train.task import Task
 
 
 @dataclass
@@ -55,3 +59,34 @@ def evaluate_heldout(model: Any, objective: Objective, features: dict[str, list[
         out.pooled_loss = total_loss / total_units
         out.mean_client_loss = sum(v["loss"] for v in out.per_client.values()) / len(out.per_client)
     return out
+
+
+def encode_tests(task: Task, tests: Mapping[str, Sequence[Sample]], cap: int | None) -> dict[str, list[dict[str, Any]]]:
+    """Each client's first ``cap`` test samples, encoded; samples truncated to no loss unit are left out."""
+    out = {}
+    for cid, samples in tests.items():
+        enc = task.encode(samples[:cap] if cap else samples)
+        if enc.features:
+            out[cid] = enc.features
+    return out
+
+
+class HeldoutEvaluator:
+    """The engine's evaluation callback: held-out loss of the global adapter on every client's test split."""
+
+    def __init__(self, batch_size: int = 8, max_samples_per_client: int | None = None) -> None:
+        self.batch_size = batch_size
+        self.cap = max_samples_per_client
+
+    @classmethod
+    def from_config(cls, eval_cfg: Any) -> HeldoutEvaluator:
+        """From a run config's ``eval`` section."""
+        return cls(eval_cfg.batch_size, eval_cfg.max_samples_per_client)
+
+    def prepare(self, task: Task, precision: Precision, tests: dict[str, list[Sample]]) -> None:
+        self.task, self.precision = task, precision
+        self.features = encode_tests(task, tests, self.cap)
+
+    def __call__(self, model: Any) -> dict[str, Any]:
+        res = evaluate_heldout(model, self.task.objective, self.features, self.task.pad_id, self.precision, self.batch_size)
+        return res.to_dict()

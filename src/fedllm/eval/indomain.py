@@ -44,7 +44,7 @@ def indomain_items(ctx: EvalContext) -> tuple[list[InDomainItem], str]:
         items = [InDomainItem(r.item_id, r.language, (("user", r.instruction),), r.reference)
                  for r in load_ref_testset(Path(path))]
         return ctx.subset(items, group=lambda it: it.language or ""), str(path)
-    from fedllm.engine.simulation import load_federation, run_clients
+    from fedllm.runs import load_federation, run_clients
 
     cfg = ctx.target.cfg
     fed = load_federation(cfg)

@@ -69,9 +69,14 @@ def _select(target: Target, base: Any, slot: Any) -> Any:
     """Put the target's adapter in the slot; a context manager that disables it for the base model."""
     if target.adapter_file is None:
         return base.model.disable_adapter() if slot is not None else nullcontext()
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    state = {k: v.float() for k, v in load_file(str(target.adapter_file)).items()}
+    try:
+        state = {k: v.float() for k, v in load_file(str(target.adapter_file)).items()}
+    except (SafetensorError, OSError) as e:
+        raise EvalError(f"{target.adapter_file} is damaged and cannot be read ({e}); evaluate another "
+                        f"checkpoint (<run>@round-N) or re-create the adapter") from None
     try:
         slot.load(state)
     except (KeyError, ValueError) as e:

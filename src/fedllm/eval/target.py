@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedllm.config import RunConfig, build_config
 from fedllm.data.sources.builds import file_sha256
-from fedllm.engine.checkpoint import list_checkpoints
+from fedllm.runs import list_checkpoints, read_run_config
 
 
 class TargetError(ValueError):
@@ -40,9 +40,12 @@ _ROUND = re.compile(r"^round-(\d+)$")
 
 
 def _run_config(run_dir: Path) -> RunConfig:
-    from fedllm.engine.simulation import resume_config
+    from fedllm.runs import RunError
 
-    return resume_config(run_dir)
+    try:
+        return read_run_config(run_dir)
+    except RunError as e:
+        raise TargetError(str(e)) from None
 
 
 def _lora_from_peft(adapter_dir: Path) -> dict[str, object]:

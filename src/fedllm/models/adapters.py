@@ -5,6 +5,7 @@ One adapter slot lives on the shared base model; a simulated client is only the 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -98,6 +99,7 @@ def save_adapter(slot: AdapterSlot, state: State, out_dir: Path) -> Path:
     try:
         slot.load(state)
         slot.model.save_pretrained(tmp)
+        _make_config_deterministic(tmp / "adapter_config.json")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -107,11 +109,29 @@ def save_adapter(slot: AdapterSlot, state: State, out_dir: Path) -> Path:
     return out_dir
 
 
+def _make_config_deterministic(path: Path) -> None:
+    """peft keeps target_modules as a set, so its JSON order changes with the process's hash seed:
+    write it sorted, so identical runs write identical files."""
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+
+
+class AdapterFileError(ValueError):
+    """An adapter file is missing or damaged; the message names it."""
+
+
 def load_adapter_state(adapter_dir: Path) -> State:
     """Read a saved peft adapter's weights as an fp32 state dict."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(adapter_dir) / "adapter_model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (not a peft adapter directory?)")
-    return {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
+    try:
+        return {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
+    except (SafetensorError, OSError) as e:
+        raise AdapterFileError(f"{path} is damaged and cannot be read ({e}); re-create it from the run's "
+                               f"checkpoints or re-train") from None

@@ -13,6 +13,15 @@ from fedllm.models import embedded
 from fedllm.models.precision import Precision, resolve_device, resolve_precision
 
 
+class ModelError(ValueError):
+    """The base model cannot be found or loaded; the message names model.name and what to do."""
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id ("org/name"): absolute, ./ or ../, ~, or more than one '/'."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name in (".", "..")
+
+
 @dataclass
 class BaseModel:
     model: Any  # transformers PreTrainedModel (later wrapped by peft)
@@ -53,13 +62,24 @@ def load_base_model(cfg: Any) -> BaseModel:
     elif name.endswith(".gguf"):
         path = Path(name)
         if not path.is_file():
-            raise FileNotFoundError(f"model.name={name!r}: GGUF file not found")
+            raise ModelError(f"model.name={name!r}: no such GGUF file")
         model, tokenizer = _from_pretrained(str(path.parent), None, False, gguf_file=path.name)
         source = name
     else:
-        if Path(name).exists() and not (Path(name) / "config.json").is_file():
-            raise FileNotFoundError(f"model.name={name!r} is a path but has no config.json")
-        model, tokenizer = _from_pretrained(name, cfg.revision, cfg.trust_remote_code)
+        path = Path(name).expanduser()
+        if path.exists():
+            if not (path / "config.json").is_file():
+                raise ModelError(f"model.name={name!r} is a path but not a model directory (no config.json)")
+            name = str(path)
+        elif _looks_like_path(name):
+            raise ModelError(f"model.name={name!r}: no such directory; give a local model directory, a .gguf "
+                             f"file, a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, or "
+                             f"smollm2-135m-instruct (the embedded default)")
+        try:
+            model, tokenizer = _from_pretrained(name, cfg.revision, cfg.trust_remote_code)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"model.name={name!r} could not be loaded from a local directory or the hub: {first}") from None
         source = name
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,12 +1,9 @@
-"""Cost metrics: the FLOPs estimate's parameter counts and arithmetic, and the bytes an adapter travels as."""
+"""Cost metrics: the FLOPs estimate's parameter counts and arithmetic."""
 
 from __future__ import annotations
 
-import torch
-from safetensors.torch import load
-
 from fedllm.config import LoraConfig
-from fedllm.eval.cost import ModelShape, serialized_bytes, train_flops
+from fedllm.train.cost import ModelShape, train_flops
 from fedllm.models.adapters import AdapterSlot, attach_lora
 from fedllm.models.tiny import build_tiny_model
 
@@ -28,13 +25,3 @@ def test_train_flops_by_hand():
     # 4·1000·50 + 6·10·50 + 6·200·20 = 200000 + 3000 + 24000
     assert train_flops(shape, tokens=50, labelled_tokens=20) == 227_000.0
 
-
-def test_serialized_bytes_is_the_safetensors_payload():
-    state = {"a.lora_A.weight": torch.ones(4, 8), "a.lora_B.weight": torch.zeros(8, 4)}
-    n = serialized_bytes(state)
-    raw = 2 * 32 * 4
-    assert raw < n < raw + 1024  # tensors plus a small JSON header
-    from safetensors.torch import save
-
-    blob = save(state)
-    assert len(blob) == n and torch.equal(load(blob)["a.lora_A.weight"], state["a.lora_A.weight"])

@@ -1,4 +1,5 @@
-"""Cost metrics of training: what a client's round costs in compute, memory and communication.
+"""Cost of training: what a client's round costs in compute and memory (its bytes are the lengths of
+its real messages, counted by the engine).
 
 FLOPs are an analytic estimate (Kaplan et al. 2020 style, attention's quadratic term ignored):
 with frozen base weights, a token costs 2·N forward and 2·N backward (gradients flow through the
@@ -45,13 +46,6 @@ def train_flops(shape: ModelShape, tokens: int, labelled_tokens: int) -> float:
     return float(4 * shape.body_params * tokens + 6 * shape.adapter_params * tokens + 6 * shape.head_params * labelled_tokens)
 
 
-def serialized_bytes(state: dict[str, torch.Tensor]) -> int:
-    """Size of an adapter state as it travels between server and client (safetensors)."""
-    from safetensors.torch import save
-
-    return len(save({k: v.contiguous() for k, v in state.items()}))
-
-
 def peak_memory_mb(device: torch.device | str = "cpu") -> dict[str, float]:
     """Peak process RSS, and peak CUDA memory allocated when on a GPU."""
     out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -59,19 +53,3 @@ def peak_memory_mb(device: torch.device | str = "cpu") -> dict[str, float]:
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
 
-
-def cost_summary(client_events: list[dict[str, Any]], wire_bytes: int) -> dict[str, Any]:
-    """Totals and rates over a run's ``client`` events in metrics.jsonl (so a resumed run counts
-    every round exactly once)."""
-    steps = sum(e["steps"] for e in client_events)
-    seconds = sum(e["seconds"] for e in client_events)
-    tokens = sum(e["tokens"] for e in client_events)
-    return {
-        "client_rounds": len(client_events), "local_steps": steps, "train_tokens": tokens,
-        "seconds_per_step": seconds / steps if steps else None,
-        "tokens_per_s": tokens / seconds if seconds else None,
-        "train_flops": sum(e.get("flops", 0.0) for e in client_events),
-        "bytes_per_transfer": wire_bytes,
-        "bytes_up": sum(e.get("bytes_up", 0) for e in client_events),
-        "bytes_down": sum(e.get("bytes_down", 0) for e in client_events),
-    }

@@ -1,0 +1,112 @@
+"""One client's round, from its instruction alone plus what the client itself holds: its data, the
+shared base model (through the adapter slot) and its own persistent state. No server object is
+reachable from here, so an in-process simulation and a network transport call the very same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedllm.data.schema import ClientData
+from fedllm.engine.messages import Instruction, Reply
+from fedllm.engine.store import ClientStateStore
+from fedllm.fl import TRANSFORMS, ClientContext, ClientUpdate, build_client_hooks
+from fedllm.fl import state as S
+from fedllm.models.adapters import AdapterSlot
+from fedllm.models.precision import Precision
+from fedllm.seeding import derive_seed
+from fedllm.train.batching import draw_round_batches, dynamic_local_steps
+from fedllm.train.cost import ModelShape, peak_memory_mb, train_flops
+from fedllm.train.local import LocalTrainer, StepInfo
+from fedllm.train.task import Task
+
+StepCallback = Callable[[str, StepInfo], None]
+
+
+class ClientError(RuntimeError):
+    """A client cannot run the round it was sent (e.g. it has no trainable sample)."""
+
+
+@dataclass
+class ClientRuntime:
+    """What a client process holds across rounds: the adapter slot on the shared base model, the task
+    that encodes its data, the precision it computes in and its own persistent-state store."""
+
+    slot: AdapterSlot
+    task: Task
+    precision: Precision
+    store: ClientStateStore | None = None
+
+    def __post_init__(self) -> None:
+        self.shape = ModelShape.of(self.slot.model)
+
+
+def local_training(train: dict[str, Any]) -> dict[str, Any]:
+    """Check the instruction's local-training settings (they come from another process)."""
+    need = ("local_steps", "batch_size", "grad_accum", "group_by_length", "optimizer", "momentum",
+            "weight_decay", "max_grad_norm")
+    missing = [k for k in need if k not in train]
+    if missing:
+        raise ClientError(f"instruction lacks local-training settings {missing}")
+    return train
+
+
+def num_local_steps(train: dict[str, Any], num_samples: int) -> int:
+    """K for this client: fixed, or FedLLM-Bench's dynamic rule from its own sample count."""
+    if train["local_steps"] != "dynamic":
+        return int(train["local_steps"])
+    d = train["dynamic"]
+    return dynamic_local_steps(num_samples, d["epochs"], d["rounds"], d["clients_per_round"], d["num_clients"],
+                               train["batch_size"], train["grad_accum"])
+
+
+def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
+                     on_step: StepCallback | None = None) -> Reply:
+    """Train the client's adapter for one round and return its update (Δ_i after the client-stage
+    transforms), its counts, the method's payload and its metrics."""
+    cid = ins.client_id
+    tr = local_training(ins.train)
+    enc = rt.task.encode(data.train)
+    if not enc.features:
+        raise ClientError(f"client {cid!r} has no trainable sample ({enc.dropped} lose every loss token at "
+                          f"max_length {rt.task.max_length})")
+    k = num_local_steps(tr, len(enc))
+    steps = draw_round_batches([rt.task.objective.length(f) for f in enc.features], k, tr["batch_size"],
+                               tr["grad_accum"], derive_seed(ins.seed, "batches", ins.round, cid), tr["group_by_length"])
+    rt.slot.load(ins.adapter)
+    client_state = rt.store.get(cid) if rt.store is not None else None
+    hooks = build_client_hooks(ins.method, ins.adapter, ins.payload, client_state)
+    torch.manual_seed(derive_seed(ins.seed, "torch", ins.round, cid))  # LoRA dropout
+    trainer = LocalTrainer(rt.slot, rt.task.objective, rt.precision, rt.task.pad_id, weight_decay=tr["weight_decay"],
+                           max_grad_norm=tr["max_grad_norm"], optimizer=tr["optimizer"], momentum=tr["momentum"])
+    step_log: list[list[float]] = []
+
+    def record(info: StepInfo) -> None:
+        step_log.append([info.loss, info.tokens, info.seconds])
+        if on_step is not None:
+            on_step(cid, info)
+
+    res = trainer.train(enc.features, steps, ins.lr, hooks, record)
+    extras, new_state = hooks.finish(res.state, res.num_steps, ins.lr)
+    if new_state is not None:
+        if rt.store is None:
+            raise ClientError(f"client method {ins.method.get('name')!r} keeps client state, but client {cid!r} has no store")
+        rt.store.put(cid, new_state)
+    delta = S.sub(res.state, ins.adapter)
+    ctx = ClientContext(seed=ins.seed, round=ins.round, client_id=cid)
+    for spec in ins.transforms:
+        delta = TRANSFORMS.lookup(spec["name"]).on_client({k: v for k, v in spec.items() if k != "name"}, delta, ctx)
+    metrics = {
+        "loss": res.loss, "steps": res.num_steps, "samples": res.num_seen, "tokens": res.num_tokens,
+        "seconds": res.seconds, "tokens_per_s": res.num_tokens / max(res.seconds, 1e-9),
+        "seconds_per_step": res.seconds / max(res.num_steps, 1), "labelled_tokens": res.num_units,
+        "flops": train_flops(rt.shape, res.num_tokens, res.num_units), "dropped_samples": enc.dropped,
+        **peak_memory_mb(rt.precision.device), "step_log": step_log,
+    }
+    update = ClientUpdate(client_id=cid, delta=delta, num_samples=len(enc), num_seen=res.num_seen,
+                          num_steps=res.num_steps, lr=ins.lr, extras=extras)
+    return Reply(round=ins.round, update=update, metrics=metrics)

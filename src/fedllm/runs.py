@@ -1,0 +1,66 @@
+"""A run as files: the layout of ``runs/<name>/`` and how to read one back (its config, checkpoints and
+federation). The engine writes runs; evaluation, reports and benchmarks read them through this module."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fedllm.config import ConfigError, RunConfig, load_config
+from fedllm.data.schema import FederatedDataset
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+ADAPTER = "adapter"
+CHECKPOINTS = "checkpoints"
+CLIENT_STATE = "client_state"
+LOCK = ".lock"
+
+_ROUND = re.compile(r"^round-(\d+)$")
+
+
+class RunError(RuntimeError):
+    """A run cannot start, resume or be read as asked; the message says why and what to do."""
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved config of an existing run, pointed at where the run directory is now."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run directory (no {CONFIG})")
+    try:
+        return load_config(path, [f"output_dir={run_dir.parent}", f"name={run_dir.name}"])
+    except ConfigError as e:
+        raise RunError(f"{path} cannot be read back: {e}") from None
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoints (``round-N`` with its state.json), oldest first; temporary ones are ignored."""
+    if not ckpt_root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir()
+             if (m := _ROUND.match(p.name)) and (p / "state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_round(path: Path) -> int | None:
+    """N of a ``round-N`` directory name, else None."""
+    m = _ROUND.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def load_federation(cfg: RunConfig) -> FederatedDataset:
+    """The federation a run config names (built into the cache first if it is a registered source)."""
+    from fedllm.data.sources import load_dataset
+
+    return load_dataset(cfg.data.dataset, test_fraction=cfg.data.test_fraction, seed=cfg.seed, **cfg.data.build)
+
+
+def run_clients(cfg: RunConfig, dataset: FederatedDataset) -> list[str]:
+    """The clients a run federates (the first ``data.max_clients``, in file order)."""
+    ids = list(dataset.client_ids)[: cfg.data.max_clients or None]
+    if not ids:
+        raise RunError(f"dataset {cfg.data.dataset!r} has no clients")
+    return ids

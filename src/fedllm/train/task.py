@@ -1,0 +1,55 @@
+"""A run's task: how samples become features (objective, template, tokenizer, length limit).
+
+Training, evaluation and the client rounds encode through one ``Task``, so a sample is dropped for
+the same reason everywhere: a sample whose loss units (assistant tokens for SFT) were all cut by
+truncation teaches nothing, yet would count as trained and, for a client left with only such
+samples, report a loss of 0 with full aggregation weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedllm.data.formatting import Template, get_template
+from fedllm.data.schema import Sample
+from fedllm.train.objectives import Objective, get_objective
+
+
+@dataclass
+class Encoded:
+    """Features of the samples that keep at least one loss unit, and how many were dropped."""
+
+    features: list[dict[str, Any]] = field(default_factory=list)
+    dropped: int = 0  # samples with no loss unit left after truncation
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass
+class Task:
+    objective: Objective
+    template: Template
+    tokenizer: Any
+    max_length: int
+
+    @classmethod
+    def create(cls, objective: str, template: str, tokenizer: Any, max_length: int) -> Task:
+        return cls(get_objective(objective), get_template(template, tokenizer), tokenizer, max_length)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def encode(self, samples: Sequence[Sample]) -> Encoded:
+        """Encode every sample; keep those with a loss unit left after truncation."""
+        out = Encoded()
+        for s in samples:
+            f = self.objective.encode(s, self.template, self.tokenizer, self.max_length)
+            if self.objective.units(f) > 0:
+                out.features.append(f)
+            else:
+                out.dropped += 1
+        return out
