@@ -235,6 +235,20 @@ def test_checkpoint_from_before_fingerprints_resumes_with_a_warning(tmp_path, mo
     assert any("predates config fingerprints" in w for w in warnings)
 
 
+def test_a_key_added_by_a_newer_fedllm_is_not_a_config_change(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, fl={"rounds": 3})
+    kill_in_round(monkeypatch, cfg, 3)
+    for ck in (cfg.run_dir / "checkpoints").iterdir():
+        meta = json.loads((ck / "state.json").read_text())
+        del meta["info"]["config"]["fl"]["v0"], meta["info"]["config"]["train"]["optimizer"]  # written before they existed
+        (ck / "state.json").write_text(json.dumps(meta))
+    warnings = []
+    sim = Simulation(cfg, dataset=synthetic_federation(), reporter=Reporter(quiet=True))
+    sim.reporter.warn = warnings.append
+    sim.run(resume=True)
+    assert warnings == []
+
+
 def test_debris_of_a_killed_save_is_removed_on_resume(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, fl={"rounds": 2})
     kill_in_round(monkeypatch, cfg, 2)

@@ -84,7 +84,7 @@ def print_comparison(rows: list[dict[str, Any]], console: Console, title: str = 
         table.add_row(r["run"], r["algorithm"], str(r["rounds"]), f'{r["heldout_loss"]:.4f}', f'{r["heldout_ppl"]:.2f}',
                       f'{r["client_mean_loss"]:.4f}', "-" if own is None else f"{own:.4f}", f'{r["train_seconds"]:.0f}')
     console.print(table)
-    cost = Table(title="Training cost", caption="TFLOPs: analytic estimate; MB up: serialized adapters sent by clients")
+    cost = Table(title="Training cost", caption="TFLOPs: analytic estimate; MB up: bytes of the messages clients sent")
     for col in ("run", "s/step", "tok/s", "TFLOPs", "MB up", "peak RSS MB"):
         cost.add_column(col, justify="left" if col == "run" else "right")
     for r in rows:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fedllm.data.schema import ClientData
+from fedllm.data.schema import ClientData, Sample
 from fedllm.engine.messages import Instruction, Reply
 from fedllm.engine.store import ClientStateStore
 from fedllm.fl import TRANSFORMS, ClientContext, ClientUpdate, build_client_hooks
@@ -22,7 +22,8 @@ from fedllm.seeding import derive_seed
 from fedllm.train.batching import draw_round_batches, dynamic_local_steps
 from fedllm.train.cost import ModelShape, peak_memory_mb, train_flops
 from fedllm.train.local import LocalTrainer, StepInfo
-from fedllm.train.task import Task
+from fedllm.train.encoding_cache import EncodingCache
+from fedllm.train.task import Encoded, Task
 
 StepCallback = Callable[[str, StepInfo], None]
 
@@ -34,12 +35,17 @@ class ClientError(RuntimeError):
 @dataclass
 class ClientRuntime:
     """What a client process holds across rounds: the adapter slot on the shared base model, the task
-    that encodes its data, the precision it computes in and its own persistent-state store."""
+    that encodes its data (through an encoding cache, if it has one), the precision it computes in
+    and its own persistent-state store."""
 
     slot: AdapterSlot
     task: Task
     precision: Precision
     store: ClientStateStore | None = None
+    encodings: EncodingCache | None = None
+
+    def encode(self, samples: list[Sample]) -> Encoded:
+        return (self.encodings or self.task).encode(samples)
 
     def __post_init__(self) -> None:
         self.shape = ModelShape.of(self.slot.model)
@@ -70,7 +76,7 @@ def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
     transforms), its counts, the method's payload and its metrics."""
     cid = ins.client_id
     tr = local_training(ins.train)
-    enc = rt.task.encode(data.train)
+    enc = rt.encode(data.train)
     if not enc.features:
         raise ClientError(f"client {cid!r} has no trainable sample ({enc.dropped} lose every loss token at "
                           f"max_length {rt.task.max_length})")

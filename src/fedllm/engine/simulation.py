@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from safetensors import SafetensorError
 
-from fedllm.config import RunConfig, config_diff, config_fingerprint, dump_config
+from fedllm.config import ConfigError, RunConfig, build_config, config_diff, config_fingerprint, dump_config
 from fedllm.data.schema import ClientData, FederatedDataset, Sample
 from fedllm.engine.checkpoint import load_latest, save_checkpoint
 from fedllm.engine.client import ClientRuntime
@@ -38,10 +38,12 @@ from fedllm.jsonl import dumps, write_text_atomic
 from fedllm.models.adapters import AdapterSlot, save_adapter
 from fedllm.models.loading import BaseModel, load_base_model
 from fedllm.models.precision import Precision
+from fedllm.paths import cache_root
 from fedllm.runs import ADAPTER, CHECKPOINTS, CLIENT_STATE, CONFIG, METRICS, SUMMARY, RunError, load_federation, run_clients
 from fedllm.seeding import derive_seed
 from fedllm.train.cost import peak_memory_mb
 from fedllm.train.local import StepInfo
+from fedllm.train.encoding_cache import EncodingCache
 from fedllm.train.task import Task
 
 __all__ = ["Evaluator", "RunError", "Session", "Simulation", "cosine_lr"]
@@ -111,6 +113,7 @@ class Simulation:
         self.slot = self.session.slot
         base = self.session.base
         self.task = Task.create(cfg.train.objective, cfg.data.template, base.tokenizer, cfg.data.max_length)
+        self.encodings = EncodingCache(cache_root() / "encodings", self.task)
         self.truncated, self.excluded = self._scan_clients()
         eligible = [c for c in self.client_ids if c not in self.excluded]
         self.warnings = cfg.warnings()
@@ -126,18 +129,19 @@ class Simulation:
                 raise RunError(f"fl.clients_per_round={cfg.fl.clients_per_round} exceeds the {len(eligible)} clients "
                                f"that can train{self._excluded_note()}; set fl.clients_per_round <= {len(eligible)}")
         self.store = ClientStateStore(self.run_dir / CLIENT_STATE) if self.algorithm.stateful_clients else None
-        self.runtime = ClientRuntime(self.slot, self.task, base.precision, self.store)
+        self.runtime = ClientRuntime(self.slot, self.task, base.precision, self.store, self.encodings)
         if self.evaluator is not None:
             self.evaluator.prepare(self.task, base.precision, {cid: self.dataset[cid].test for cid in self.client_ids})
         self.adapter_bytes = S.num_bytes(self.slot.read())
         self.setup_seconds = time.perf_counter() - t0
 
     def _scan_clients(self) -> tuple[dict[str, int], dict[str, str]]:
-        """One pass over the clients: samples truncated to nothing, and clients left with none."""
+        """One pass over the clients: samples truncated to nothing, and clients left with none (the
+        encodings are cached, so the client rounds do not tokenize again)."""
         truncated, excluded = {}, {}
         for cid in self.client_ids:
             client = self.dataset[cid]
-            enc = self.task.encode(client.train)
+            enc = self.encodings.encode(client.train)
             if enc.dropped:
                 truncated[cid] = enc.dropped
             if not enc.features:
@@ -187,7 +191,7 @@ class Simulation:
         existed = self.run_dir.is_dir()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / ".write-probe"
+            probe = self.run_dir / ".write-probe.tmp"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
@@ -269,12 +273,17 @@ class Simulation:
 
     def _check_config(self, info: dict[str, Any], path: Path) -> None:
         """Refuse to resume a run whose config.yaml was edited after the checkpoint (unless allowed)."""
-        if "fingerprint" not in info:
+        if "config" not in info:
             self.reporter.warn(f"{path.name} predates config fingerprints: edits to {CONFIG} since then cannot be detected")
             return
-        if info["fingerprint"] == config_fingerprint(self.cfg):
+        try:  # resolved by today's code, so a key added since (with its default) is not a change
+            then = build_config(info["config"]).model_dump(mode="json")
+        except ConfigError:
+            then = info["config"]
+        now = self.cfg.model_dump(mode="json")
+        changes = config_diff(then, now)
+        if not changes:
             return
-        changes = config_diff(info.get("config", {}), self.cfg.model_dump(mode="json"))
         listed = "; ".join(changes[:6]) + ("; …" if len(changes) > 6 else "")
         if not self.allow_config_change:
             raise RunError(f"{self.run_dir / CONFIG} differs from the configuration {path.name} was written with "

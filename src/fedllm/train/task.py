@@ -8,12 +8,17 @@ samples, report a loss of 0 with full aggregation weight.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from fedllm.data import formatting, schema
 from fedllm.data.formatting import Template, get_template
 from fedllm.data.schema import Sample
+from fedllm.hashing import stable_hash
+from fedllm.train import objectives
 from fedllm.train.objectives import Objective, get_objective
 
 
@@ -42,6 +47,20 @@ class Task:
     @property
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        tok = self.tokenizer
+        backend = getattr(tok, "backend_tokenizer", None)
+        definition = backend.to_str() if backend is not None else sorted(tok.get_vocab().items())
+        code = [Path(m.__file__).read_text(encoding="utf-8") for m in (formatting, schema, objectives)]
+        return stable_hash(self.objective.name, self.template.name, getattr(tok, "chat_template", None), definition,
+                           tok.bos_token, tok.eos_token, tok.pad_token, self.max_length, code)
+
+    def fingerprint(self) -> str:
+        """Everything that decides the features: the objective, the template (with the tokenizer's chat
+        template), the tokenizer's whole definition, the length limit and the encoding code itself."""
+        return self._fingerprint
 
     def encode(self, samples: Sequence[Sample]) -> Encoded:
         """Encode every sample; keep those with a loss unit left after truncation."""
