@@ -232,6 +232,10 @@ class Simulation:
                           body_parameters=self.runtime.shape.body_params,
                           precision=self.session.base.precision.name, device=str(self.session.base.device),
                           setup_seconds=self.setup_seconds)
+            if self.truncated:
+                self.reporter.info(f"  {sum(self.truncated.values())} training samples of {len(self.truncated)} clients keep "
+                                   f"no loss token at data.max_length={cfg.data.max_length} and are left out "
+                                   f"(per client: the setup event in {METRICS})")
             for cid, why in self.excluded.items():
                 self.reporter.warn(f"client {cid} is left out of sampling: {why}")
             if cfg.eval.at_start:
