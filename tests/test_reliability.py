@@ -274,6 +274,9 @@ def test_adapter_config_is_the_same_under_any_hash_seed(tmp_path):
         texts.append((out / "adapter_config.json").read_text())
     assert texts[0] == texts[1] == texts[2]
     assert json.loads(texts[0])["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "1").stat().st_mode & 0o777 == 0o777 & ~umask  # not private like a temp directory
 
 
 # ------------------------------------------------------------------ participation and data

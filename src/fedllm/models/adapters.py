@@ -100,6 +100,7 @@ def save_adapter(slot: AdapterSlot, state: State, out_dir: Path) -> Path:
         slot.load(state)
         slot.model.save_pretrained(tmp)
         _make_config_deterministic(tmp / "adapter_config.json")
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; an adapter directory is not
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -116,6 +117,12 @@ def _make_config_deterministic(path: Path) -> None:
     if isinstance(cfg.get("target_modules"), list):
         cfg["target_modules"] = sorted(cfg["target_modules"])
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class AdapterFileError(ValueError):
