@@ -380,3 +380,22 @@ def test_json_outputs_are_strict_even_when_numbers_are_not(tmp_path):
         strict_json(line)
     for ck in (cfg.run_dir / "checkpoints").iterdir():
         strict_json((ck / "state.json").read_text())
+
+
+def test_an_aggregator_that_cannot_work_with_the_participation_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path, fl={"aggregator": "krum", "clients_per_round": 3})
+    with pytest.raises(RunError, match=r"fl.aggregator krum with fl.clients_per_round=3: krum needs n > 2f \+ 2 updates, "
+                                       r"got n=3 with f=1 .*lower byzantine to at most 0"):
+        run(cfg)
+    assert not cfg.run_dir.exists()
+
+
+def test_too_few_survivors_for_krum_skip_the_round_with_the_reason(tmp_path):
+    """byzantine=0 needs n > 2 updates: with one of the three sampled clients dropped, the round is skipped."""
+    cfg = tiny_config(tmp_path, fl={"rounds": 2, "clients_per_round": 4, "aggregator": {"name": "krum", "byzantine": 0}})
+    _, summary = run(cfg, transport=poisoning_transport({"user0", "user1"}, float("inf"), rounds={1}))
+    rounds = read_metrics(cfg.run_dir / "metrics.jsonl", "round")
+    assert rounds[0]["skipped"] == "aggregator krum: krum needs n > 2f + 2 updates, got n=2 with f=0 (byzantine); " \
+                                   "sample at least 3 clients per round"
+    assert rounds[1]["skipped"] is None and summary["skipped_rounds"] == [1]
+

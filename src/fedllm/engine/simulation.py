@@ -128,6 +128,11 @@ class Simulation:
             if cfg.fl.clients_per_round > len(eligible):
                 raise RunError(f"fl.clients_per_round={cfg.fl.clients_per_round} exceeds the {len(eligible)} clients "
                                f"that can train{self._excluded_note()}; set fl.clients_per_round <= {len(eligible)}")
+            try:
+                self.algorithm.aggregator.check_count(cfg.fl.clients_per_round)
+            except ValueError as e:
+                raise RunError(f"fl.aggregator {self.algorithm.aggregator.name} with fl.clients_per_round="
+                               f"{cfg.fl.clients_per_round}: {e}") from None
         self.store = ClientStateStore(self.run_dir / CLIENT_STATE) if self.algorithm.stateful_clients else None
         self.runtime = ClientRuntime(self.slot, self.task, base.precision, self.store, self.encodings)
         if self.evaluator is not None:

@@ -113,7 +113,11 @@ class Aggregator(Component):
         self.options = options
 
     def aggregate(self, deltas: list[State], weights: list[float]) -> State:
+        """Δ from the deltas; ValueError when it cannot combine this many (e.g. Krum's n > 2f + 2)."""
         raise NotImplementedError
+
+    def check_count(self, n: int) -> None:
+        """ValueError if ``n`` updates per round can never be aggregated (checked before a run starts)."""
 
 
 class ServerOptimizer(Component):

@@ -136,13 +136,16 @@ class Algorithm:
         if not accepted:
             return RoundOutcome(None, dropped=dropped, skipped="no client update survived validation")
         n = len(accepted)
+        ids = [u.client_id for u in accepted]
         weights = self.weights(accepted) if self.aggregator.uses_weights else [1.0 / n] * n
-        delta = self.aggregator.aggregate([u.delta for u in accepted], weights)
+        try:
+            delta = self.aggregator.aggregate([u.delta for u in accepted], weights)
+        except ValueError as e:  # e.g. too few survivors for Krum after drops
+            return RoundOutcome(None, ids, weights, dropped, f"aggregator {self.aggregator.name}: {e}")
         for t in self.transforms:
             delta = t.on_aggregate(delta, accepted)
         before = self.state_dict()
         new_state = self.optimizer.step(global_state, delta, self.rounds_done)
-        ids = [u.client_id for u in accepted]
         if not all_finite(new_state):
             self.load_state_dict(before)
             return RoundOutcome(None, ids, weights, dropped, "the server step gave non-finite values")

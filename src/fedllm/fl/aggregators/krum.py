@@ -34,9 +34,9 @@ class MultiKrumOptions(KrumOptions):
 def check_krum_condition(n: int, f: int) -> None:
     """Krum's condition n > 2f + 2; ValueError naming n, f and the fix otherwise."""
     if n <= 2 * f + 2:
-        fix = (f"lower byzantine to at most {(n - 3) // 2}" if n >= 3 else "aggregate at least 3 updates")
-        raise ValueError(f"krum needs n > 2f + 2 updates, got n={n} with f={f} (byzantine); {fix} "
-                         f"or sample at least {2 * f + 3} clients per round")
+        fix = f"lower byzantine to at most {(n - 3) // 2} or " if n >= 3 else ""
+        raise ValueError(f"krum needs n > 2f + 2 updates, got n={n} with f={f} (byzantine); {fix}"
+                         f"sample at least {2 * f + 3} clients per round")
 
 
 def squared_distances(deltas: list[State]) -> torch.Tensor:
@@ -76,6 +76,9 @@ class Krum(Aggregator):
     options: KrumOptions
     uses_weights = False
 
+    def check_count(self, n: int) -> None:
+        check_krum_condition(n, self.options.byzantine)
+
     def aggregate(self, deltas: list[State], weights: list[float]) -> State:
         (best,) = krum_select(deltas, self.options.byzantine, 1)
         return S.clone(deltas[best])
@@ -89,11 +92,19 @@ class MultiKrum(Aggregator):
     options: MultiKrumOptions
     uses_weights = False
 
-    def aggregate(self, deltas: list[State], weights: list[float]) -> State:
-        n, f = len(deltas), self.options.byzantine
+    def check_count(self, n: int) -> None:
+        check_krum_condition(n, self.options.byzantine)
+        self._selected(n)
+
+    def _selected(self, n: int) -> int:
+        f = self.options.byzantine
         m = self.options.select if self.options.select is not None else n - f
         if m > n - f:
             raise ValueError(f"multikrum select={m} exceeds n − f = {n} − {f} = {n - f}: it would average "
                              f"updates Krum counts as possibly Byzantine; lower select or byzantine")
-        chosen = krum_select(deltas, f, m)
+        return m
+
+    def aggregate(self, deltas: list[State], weights: list[float]) -> State:
+        m = self._selected(len(deltas))
+        chosen = krum_select(deltas, self.options.byzantine, m)
         return S.weighted_sum([deltas[i] for i in chosen], [1.0 / m] * m)

@@ -11,7 +11,10 @@ from fedllm.fl.state import State
 class Single(Aggregator):
     uses_weights = False
 
+    def check_count(self, n: int) -> None:
+        if n != 1:
+            raise ValueError(f"local trains exactly one client per round, got {n} updates")
+
     def aggregate(self, deltas: list[State], weights: list[float]) -> State:
-        if len(deltas) != 1:
-            raise ValueError(f"local trains exactly one client per round, got {len(deltas)} updates")
+        self.check_count(len(deltas))
         return deltas[0]
