@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from fedllm.fl.params import STRICT, FLParams
@@ -19,15 +19,8 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message lists every problem."""
 
 
-def _registered(value: str, names: Any, what: str) -> str:
-    """Check a name against a registry so a typo is reported with the config's other errors."""
-    if value not in names:
-        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(sorted(names))}")
-    return value
-
-
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = STRICT
 
 
 class ModelConfig(_Section):
@@ -59,7 +52,7 @@ class DataConfig(_Section):
     def _known_template(cls, v: str) -> str:
         from fedllm.data.formatting import TEMPLATES
 
-        return _registered(v, TEMPLATES, "template")
+        return TEMPLATES.check(v)
 
     @field_validator("dataset")
     @classmethod
@@ -113,7 +106,7 @@ class TrainConfig(_Section):
     def _known_objective(cls, v: str) -> str:
         from fedllm.train.objectives import OBJECTIVES
 
-        return _registered(v, OBJECTIVES, "objective")
+        return OBJECTIVES.check(v)
 
     @field_validator("optimizer")
     @classmethod

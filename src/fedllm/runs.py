@@ -45,12 +45,6 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def checkpoint_round(path: Path) -> int | None:
-    """N of a ``round-N`` directory name, else None."""
-    m = _ROUND.match(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
 def load_federation(cfg: RunConfig) -> FederatedDataset:
     """The federation a run config names (built into the cache first if it is a registered source)."""
     from fedllm.data.sources import load_dataset
