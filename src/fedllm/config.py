@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -13,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic.dataclasses import dataclass
 
 from fedllm.fl.params import STRICT, FLParams
+from fedllm.hashing import stable_hash
 
 
 class ConfigError(ValueError):
@@ -190,7 +189,7 @@ LOCATION_KEYS = ("name", "output_dir")
 def config_fingerprint(cfg: RunConfig) -> str:
     """Stable hash of everything that decides what a run computes (its location excluded)."""
     data = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in LOCATION_KEYS}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return stable_hash(data, size=8)
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedllm.jsonl import dumps
+
 OUTPUT_MODES = ("auto", "text", "json", "json_object")
 AUTO_ORDER = ("json", "json_object", "text")
 BACKOFF_BASE_S = 1.0
@@ -295,7 +297,7 @@ class _Cache:
                     f.truncate(self._truncate_to)
                 self._truncate_to = None
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.write(dumps(record) + "\n")
                 f.flush()
 
 
