@@ -84,9 +84,12 @@ def train(
     sim = Simulation(cfg, reporter=Reporter(quiet=quiet), evaluator=HeldoutEvaluator.from_config(cfg.eval),
                      allow_config_change=allow_config_change)
     summary = sim.run(resume=resume is not None)
-    final = summary.get("final_eval", {})
-    console.print(f"[green]done[/]: {cfg.run_dir}  held-out loss {final.get('pooled_loss', float('nan')):.4f}  "
-                  f"train {summary['train_seconds']:.0f}s")
+    loss = summary.get("final_eval", {}).get("pooled_loss")
+    line = f"[green]done[/]: {cfg.run_dir}  held-out loss {'-' if loss is None else f'{loss:.4f}'}  train {summary['train_seconds']:.0f}s"
+    if (p := summary.get("privacy")) is not None:
+        eps = f"ε = {p['epsilon']:.3g}" if p.get("epsilon") is not None else f"nominal ε = {p['nominal_epsilon']} (not a guarantee)"
+        line += f"  {p['mode']}: {eps} at δ = {p['delta']:g}"
+    console.print(line)
 
 
 @app.command()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
+from fedllm.fl.codec import WireSpec
 from fedllm.fl.params import STRICT, FLParams
 from fedllm.hashing import stable_hash
 
@@ -36,6 +37,8 @@ class LoraConfig(_Section):
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    freeze_a: Optional[bool] = Field(None, description="FFA-LoRA: A frozen at its seeded init, only B trained and sent "
+                                                       "(half the message); null: on under fl.dp, off otherwise")
 
 
 class DataConfig(_Section):
@@ -81,7 +84,9 @@ class FLConfig(FLParams):
     """The algorithm's settings (``FLParams``) plus the engine's: rounds and participation."""
 
     rounds: int = Field(10, gt=0)
-    clients_per_round: int = Field(2, gt=0, description="clients sampled per round; at most the number of clients")
+    clients_per_round: int = Field(2, gt=0, description="clients sampled per round (S); at most the number of clients")
+    sampling: Literal["uniform", "poisson"] = Field("uniform", description="uniform: S clients without replacement; "
+                                                    "poisson: each client with q = S/N (DP-FedAvg's textbook sampling)")
     local_client: Union[str, int] = Field(0, description="the Local baseline's client: id, or index into the client list")
 
 
@@ -135,6 +140,15 @@ class EvalConfig(_Section):
     batch_size: int = Field(8, gt=0)
 
 
+class CommConfig(_Section):
+    """How messages travel: a codec per direction (fp16/bf16, int8, top-k with error feedback on the
+    uplink) and zstd; the default sends every tensor bit for bit."""
+
+    up: WireSpec = Field(default_factory=WireSpec, description="client → server (updates)")
+    down: WireSpec = Field(default_factory=WireSpec, description="server → client (the global adapter); "
+                                                                "error feedback applies to the uplink only")
+
+
 class CheckpointConfig(_Section):
     every: int = Field(1, ge=0, description="checkpoint every k rounds (0: only at the end)")
     keep: int = Field(2, ge=1, description="keep the newest N round checkpoints")
@@ -153,6 +167,7 @@ class RunConfig(_Section):
     fl: FLConfig = Field(default_factory=FLConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    comm: CommConfig = Field(default_factory=CommConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @field_validator("name")
@@ -167,6 +182,11 @@ class RunConfig(_Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def ffa_lora(self) -> bool:
+        """Whether LoRA's A is frozen (FFA-LoRA): as set, or by default under differential privacy."""
+        return self.lora.freeze_a if self.lora.freeze_a is not None else self.fl.dp is not None
 
     def warnings(self) -> list[str]:
         """Settings that have no effect with the rest of this configuration (one line each)."""

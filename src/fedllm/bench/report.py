@@ -34,7 +34,7 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "client_mean_loss": final.get("mean_client_loss", math.nan), "own_loss": final.get("own_loss"),
             "train_seconds": s.get("train_seconds", math.nan),
             **{k: (s.get("cost") or {}).get(k) for k in ("seconds_per_step", "tokens_per_s", "train_flops", "bytes_up")},
-            "peak_rss_mb": s.get("peak_rss_mb"),
+            "peak_rss_mb": s.get("peak_rss_mb"), "privacy": s.get("privacy"),
         })
     return rows
 
@@ -69,8 +69,8 @@ _COST_COLUMNS = (("seconds_per_step", 1, 2), ("tokens_per_s", 1, 0), ("train_flo
 
 
 def _num(v: Any, scale: float, digits: int) -> str:
-    """A cost figure, or "-" for runs written before cost metrics were recorded."""
-    return "-" if v is None else f"{v * scale:.{digits}f}"
+    """A figure, or "-" where there is none (null in the files, or runs written before it was recorded)."""
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * scale:.{digits}f}"
 
 
 def print_comparison(rows: list[dict[str, Any]], console: Console, title: str = "Held-out evaluation") -> None:
@@ -80,10 +80,21 @@ def print_comparison(rows: list[dict[str, Any]], console: Console, title: str = 
     for col in ("run", "method", "rounds", "loss", "ppl", "client mean", "own client", "train s"):
         table.add_column(col, justify="right" if col not in ("run", "method") else "left")
     for r in rows:
-        own = r.get("own_loss")
-        table.add_row(r["run"], r["algorithm"], str(r["rounds"]), f'{r["heldout_loss"]:.4f}', f'{r["heldout_ppl"]:.2f}',
-                      f'{r["client_mean_loss"]:.4f}', "-" if own is None else f"{own:.4f}", f'{r["train_seconds"]:.0f}')
+        table.add_row(r["run"], r["algorithm"], str(r["rounds"]), _num(r["heldout_loss"], 1, 4), _num(r["heldout_ppl"], 1, 2),
+                      _num(r["client_mean_loss"], 1, 4), _num(r.get("own_loss"), 1, 4), _num(r["train_seconds"], 1, 0))
     console.print(table)
+    private = [r for r in rows if r.get("privacy")]
+    if private:
+        dp = Table(title="Differential privacy (user level)",
+                   caption="ε at δ from the run's accountant; fedllm-bench's ε is the paper's nominal value, not a guarantee")
+        for col in ("run", "mode", "ε", "δ", "noise", "clip C"):
+            dp.add_column(col, justify="left" if col in ("run", "mode") else "right")
+        for r in private:
+            p = r["privacy"]
+            eps = _num(p.get("epsilon"), 1, 3) if p.get("epsilon") is not None else f'{p.get("nominal_epsilon")} (nominal)'
+            noise = f'σ={p["sigma"]:.3g}' if p.get("sigma") is not None else f'z={p.get("noise_multiplier", 0):.3g}'
+            dp.add_row(r["run"], p["mode"], eps, f'{p["delta"]:g}', noise, _num(p.get("clip"), 1, 3))
+        console.print(dp)
     cost = Table(title="Training cost", caption="TFLOPs: analytic estimate; MB up: bytes of the messages clients sent")
     for col in ("run", "s/step", "tok/s", "TFLOPs", "MB up", "peak RSS MB"):
         cost.add_column(col, justify="left" if col == "run" else "right")

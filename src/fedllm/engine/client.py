@@ -13,6 +13,7 @@ import torch
 
 from fedllm.data.schema import ClientData, Sample
 from fedllm.engine.messages import Instruction, Reply
+from fedllm.fl.codec import WireSpec, lossless
 from fedllm.engine.store import ClientStateStore
 from fedllm.fl import TRANSFORMS, ClientContext, ClientUpdate, build_client_hooks
 from fedllm.fl import state as S
@@ -116,3 +117,41 @@ def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
     update = ClientUpdate(client_id=cid, delta=delta, num_samples=len(enc), num_seen=res.num_seen,
                           num_steps=res.num_steps, lr=ins.lr, extras=extras)
     return Reply(round=ins.round, update=update, metrics=metrics)
+
+
+SEP = "\x1f"
+
+
+def serve_round(blob: bytes, data: ClientData, rt: ClientRuntime, on_step: StepCallback | None = None) -> bytes:
+    """A client's whole side of a round, bytes in and bytes out: decode the instruction, run the
+    round, encode the reply as the instruction asks (with the client's error-feedback residuals,
+    kept in its store). An update the lossy codec cannot encode (non-finite) travels exactly, so the
+    server can see it and drop it with its reason."""
+    ins = Instruction.from_bytes(blob)
+    reply = run_client_round(ins, data, rt, on_step)
+    wire = WireSpec.model_validate(ins.reply_wire)
+    feedback = wire.error_feedback and not lossless(wire)
+    if feedback and rt.store is None:
+        raise ClientError(f"the reply codec keeps error-feedback residuals, but client {ins.client_id!r} has no store")
+    residuals = _unflatten(rt.store.get(ins.client_id, "codec")) if feedback else None
+    try:
+        out = reply.to_bytes(wire, residuals)
+    except ValueError:
+        reply.metrics["codec_fallback"] = "non-finite update sent exactly"
+        return reply.to_bytes(WireSpec(zstd=wire.zstd))
+    if feedback:
+        rt.store.put(ins.client_id, _flatten(residuals), "codec")
+    return out
+
+
+def _flatten(groups: dict[str, dict]) -> dict:
+    return {f"{g}{SEP}{k}": v for g, st in groups.items() for k, v in st.items()}
+
+
+def _unflatten(flat: dict | None) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for name, v in (flat or {}).items():
+        g, k = name.split(SEP, 1)
+        out.setdefault(g, {})[k] = v
+    return out
+

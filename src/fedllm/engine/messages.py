@@ -5,9 +5,11 @@ learning rate and local-training settings, the client method with its options an
 SCAFFOLD's c) and the update transforms to run before the reply leaves. A ``Reply`` holds the update
 (Δ_i, sample counts, steps, the method's payload such as Δc_i) and the client's metrics.
 
-On the wire a message is one safetensors blob: its tensors (exact dtype and bits) plus a JSON header
-in the metadata, so decoding gives back exactly what was encoded, and the bytes counted in metrics
-are the bytes that would cross a network.
+On the wire a message is one safetensors blob: its tensors plus a JSON header in the metadata, so
+the bytes counted in metrics are the bytes that would cross a network. By default tensors travel
+bit for bit; a ``WireSpec`` (``comm.up`` / ``comm.down``) encodes each group of tensors with the
+codec of ``fedllm.fl.codec`` (fp16/bf16, int8, top-k with error feedback) and compresses the whole
+blob with zstd. Decoding reads what was used from the message itself.
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import zstandard
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from fedllm.fl import codec
 from fedllm.fl.base import ClientUpdate
+from fedllm.fl.codec import WireSpec
 from fedllm.fl.state import State
 
 FORMAT = "fedllm-message/1"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+EXACT = WireSpec()
 
 
 class MessageError(ValueError):
@@ -44,18 +51,21 @@ class Instruction:
     adapter: State  # the global adapter w
     payload: dict[str, State] = field(default_factory=dict)  # the method's tensors, e.g. {"c": c}
     transforms: list[dict[str, Any]] = field(default_factory=list)  # client-stage update transforms
+    reply_wire: dict[str, Any] = field(default_factory=dict)  # how the reply travels (a WireSpec; {} = exact)
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, wire: WireSpec = EXACT) -> bytes:
         header = {"round": self.round, "client_id": self.client_id, "seed": self.seed, "lr": self.lr,
-                  "train": self.train, "method": self.method, "transforms": self.transforms}
-        return _encode("instruction", header, {"adapter": self.adapter, **_prefixed("payload", self.payload)})
+                  "train": self.train, "method": self.method, "transforms": self.transforms,
+                  "reply_wire": self.reply_wire}
+        return _encode("instruction", header, {"adapter": self.adapter, **_prefixed("payload", self.payload)}, wire)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Instruction:
         header, groups = _decode("instruction", blob)
         return cls(round=header["round"], client_id=header["client_id"], seed=header["seed"], lr=header["lr"],
                    train=header["train"], method=header["method"], transforms=header["transforms"],
-                   adapter=groups.get("adapter", {}), payload=_unprefixed("payload", groups))
+                   reply_wire=header.get("reply_wire", {}), adapter=groups.get("adapter", {}),
+                   payload=_unprefixed("payload", groups))
 
 
 @dataclass
@@ -66,11 +76,12 @@ class Reply:
     update: ClientUpdate
     metrics: dict[str, Any] = field(default_factory=dict)  # loss, tokens, seconds, per-step losses, …
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, wire: WireSpec = EXACT, residuals: dict[str, State] | None = None) -> bytes:
+        """The reply as bytes; ``residuals`` is the sender's error-feedback memory, updated in place."""
         u = self.update
         header = {"round": self.round, "client_id": u.client_id, "num_samples": u.num_samples,
                   "num_seen": u.num_seen, "num_steps": u.num_steps, "lr": u.lr, "metrics": self.metrics}
-        return _encode("reply", header, {"delta": u.delta, **_prefixed("payload", u.extras)})
+        return _encode("reply", header, {"delta": u.delta, **_prefixed("payload", u.extras)}, wire, residuals)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Reply:
@@ -90,29 +101,57 @@ def _unprefixed(prefix: str, groups: dict[str, State]) -> dict[str, State]:
     return {name[len(head):]: st for name, st in groups.items() if name.startswith(head)}
 
 
-def _encode(kind: str, header: dict[str, Any], groups: dict[str, State]) -> bytes:
-    """Tensors under positional names (any key survives), their layout and the header in the metadata."""
+GROUP_SEP = "\x1f"  # between a tensor group's name and the key in the blob's tensor names
+
+
+def _encode(kind: str, header: dict[str, Any], groups: dict[str, State], wire: WireSpec = EXACT,
+            residuals: dict[str, State] | None = None) -> bytes:
+    """Tensors named ``<group>␟<key>`` (any key survives: safetensors names are JSON strings), each
+    group's codec layout and the header in the metadata; then zstd if the wire asks for it."""
     tensors: dict[str, torch.Tensor] = {}
-    layout: dict[str, dict[str, str]] = {}
+    codecs: dict[str, Any] = {}
+    order: dict[str, list[str]] = {}  # each exact group's keys in the sender's order (a codec layout has it)
+    exact = codec.lossless(wire)
     for group, state in groups.items():
-        layout[group] = {}
+        if exact:
+            order[group] = list(state)
+        else:
+            feedback = residuals is not None and wire.error_feedback
+            state, codecs[group], left = codec.encode(state, wire, residuals.get(group) if feedback else None)
+            if feedback and left is not None:
+                residuals[group] = left
         for key, t in state.items():
-            name = f"t{len(tensors)}"
-            layout[group][key] = name
-            tensors[name] = t.detach().contiguous()
-    meta = {"format": FORMAT, "kind": kind, "header": header, "layout": layout}
-    return st_save(tensors, metadata={"fedllm": json.dumps(meta, allow_nan=True, ensure_ascii=False)})
+            tensors[f"{group}{GROUP_SEP}{key}"] = t.detach().contiguous()
+    meta = {"format": FORMAT, "kind": kind, "header": header, "order": order, "codecs": codecs}
+    blob = st_save(tensors, metadata={"fedllm": json.dumps(meta, allow_nan=True, ensure_ascii=False)})
+    return zstandard.ZstdCompressor(level=wire.zstd).compress(blob) if wire.zstd else blob
 
 
 def _decode(kind: str, blob: bytes) -> tuple[dict[str, Any], dict[str, State]]:
     try:
+        if blob[:4] == ZSTD_MAGIC:
+            blob = zstandard.ZstdDecompressor().decompress(blob)
         tensors = st_load(blob)
         meta = json.loads(_metadata(blob)["fedllm"])
-    except (SafetensorError, KeyError, ValueError, TypeError) as e:
+    except (SafetensorError, KeyError, ValueError, TypeError, zstandard.ZstdError) as e:
         raise MessageError(f"not a fedllm {kind} message ({e})") from None
     if meta.get("format") != FORMAT or meta.get("kind") != kind:
         raise MessageError(f"expected a {FORMAT} {kind}, got {meta.get('format')} {meta.get('kind')}")
-    groups = {g: {key: tensors[name] for key, name in entries.items()} for g, entries in meta["layout"].items()}
+    order, codecs = meta["order"], meta["codecs"]
+    raw: dict[str, State] = {g: {} for g in [*order, *codecs]}
+    for name, t in tensors.items():
+        group, _, key = name.partition(GROUP_SEP)
+        if group not in raw:
+            raise MessageError(f"{kind} holds tensor {name!r} of an unknown group")
+        raw[group][key] = t
+    groups: dict[str, State] = {}
+    try:  # in the sender's key order: safetensors gives tensors back in no fixed order
+        for g, keys in order.items():
+            groups[g] = {k: raw[g][k] for k in keys}
+        for g, lay in codecs.items():
+            groups[g] = codec.decode(raw[g], lay, codec.CodecSpec.model_validate(lay["spec"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise MessageError(f"{kind} group {g!r} does not decode ({e})") from None
     return meta["header"], groups
 
 

@@ -31,9 +31,10 @@ from fedllm.engine.progress import Reporter
 from fedllm.engine.rundir import RunLock, remove_debris
 from fedllm.engine.store import ClientStateStore, io_reason
 from fedllm.engine.transport import Exchange, InProcessTransport, Transport
-from fedllm.fl import Algorithm, ClientUpdate, build_algorithm
+from fedllm.fl import Algorithm, ClientUpdate, Federation, build_algorithm
 from fedllm.fl import state as S
-from fedllm.fl.sampling import sample_uniform
+from fedllm.fl.codec import WireSpec, lossless
+from fedllm.fl.sampling import SAMPLERS
 from fedllm.jsonl import dumps, write_text_atomic
 from fedllm.models.adapters import AdapterSlot, save_adapter
 from fedllm.models.loading import BaseModel, load_base_model
@@ -70,11 +71,15 @@ class Session:
 
         base = load_base_model(cfg.model)
         base.model = attach_lora(base.model, cfg.lora)
-        return cls(base=base, slot=AdapterSlot(base.model), lora_key=cfg.lora.model_dump_json())
+        return cls(base=base, slot=AdapterSlot(base.model, freeze_a=cfg.ffa_lora), lora_key=cls.key(cfg))
+
+    @staticmethod
+    def key(cfg: RunConfig) -> str:
+        return cfg.lora.model_dump_json() + f"|ffa={cfg.ffa_lora}"
 
     def check(self, cfg: RunConfig) -> None:
-        if cfg.lora.model_dump_json() != self.lora_key:
-            raise RunError("a shared session must use one LoRA configuration for every run")
+        if self.key(cfg) != self.lora_key:
+            raise RunError("a shared session must use one LoRA configuration (FFA-LoRA included) for every run")
 
 
 class Evaluator(Protocol):
@@ -86,7 +91,8 @@ class Evaluator(Protocol):
     def __call__(self, model: Any) -> dict[str, Any]: ...
 
 
-TransportFactory = Callable[[ClientRuntime, Callable[[str], ClientData], Callable[[str, StepInfo], None]], Transport]
+TransportFactory = Callable[[ClientRuntime, Callable[[str], ClientData], Callable[[str, StepInfo], None], WireSpec],
+                            Transport]
 
 
 class Simulation:
@@ -117,7 +123,13 @@ class Simulation:
         self.truncated, self.excluded = self._scan_clients()
         eligible = [c for c in self.client_ids if c not in self.excluded]
         self.warnings = cfg.warnings()
-        self.algorithm: Algorithm = build_algorithm(cfg.fl, num_clients=max(len(eligible), 1))
+        federation = Federation(num_clients=max(len(eligible), 1), clients_per_round=cfg.fl.clients_per_round,
+                                rounds=cfg.fl.rounds, total_samples=self.trainable_samples, lr=cfg.train.lr,
+                                sampling=cfg.fl.sampling, seed=cfg.seed)
+        try:
+            self.algorithm: Algorithm = build_algorithm(cfg.fl, max(len(eligible), 1), federation)
+        except ValueError as e:
+            raise RunError(str(e)) from None
         if self.algorithm.single_client:
             self.participants = [self._resolve_local_client(cfg.fl.local_client)]
         else:
@@ -133,7 +145,9 @@ class Simulation:
             except ValueError as e:
                 raise RunError(f"fl.aggregator {self.algorithm.aggregator.name} with fl.clients_per_round="
                                f"{cfg.fl.clients_per_round}: {e}") from None
-        self.store = ClientStateStore(self.run_dir / CLIENT_STATE) if self.algorithm.stateful_clients else None
+        up = cfg.comm.up
+        feedback = up.error_feedback and not lossless(up)
+        self.store = ClientStateStore(self.run_dir / CLIENT_STATE) if self.algorithm.stateful_clients or feedback else None
         self.runtime = ClientRuntime(self.slot, self.task, base.precision, self.store, self.encodings)
         if self.evaluator is not None:
             self.evaluator.prepare(self.task, base.precision, {cid: self.dataset[cid].test for cid in self.client_ids})
@@ -144,9 +158,11 @@ class Simulation:
         """One pass over the clients: samples truncated to nothing, and clients left with none (the
         encodings are cached, so the client rounds do not tokenize again)."""
         truncated, excluded = {}, {}
+        self.trainable_samples = 0
         for cid in self.client_ids:
             client = self.dataset[cid]
             enc = self.encodings.encode(client.train)
+            self.trainable_samples += len(enc)
             if enc.dropped:
                 truncated[cid] = enc.dropped
             if not enc.features:
@@ -214,9 +230,14 @@ class Simulation:
         ck = load_latest(ckpt_root, self.reporter.warn) if resume else None
         for w in self.warnings:
             self.reporter.warn(w)
+        initial = self.slot.initial_state(derive_seed(cfg.seed, "lora-init"))  # also sets FFA-LoRA's frozen A
         if ck is not None:
             self._check_config(ck.info, ck.path)
-            start_round, global_state = ck.round, ck.global_state
+            try:
+                global_state = self.slot.trainable(ck.global_state)
+            except KeyError as e:
+                raise RunError(f"{ck.path / 'adapter.safetensors'} does not fit this run's adapter ({e})") from None
+            start_round = ck.round
             self.algorithm.load_state_dict(ck.server_state)
             if self.store is not None:
                 self.store.restore(ck.path / CLIENT_STATE)
@@ -229,11 +250,12 @@ class Simulation:
                 self.store.clear()
             metrics.truncate(0)
             self._write(CONFIG, dump_config(cfg))
-            global_state = self.slot.initial_state(derive_seed(cfg.seed, "lora-init"))
+            global_state = initial
             metrics.write("setup", clients=len(self.client_ids), participants=len(self.participants),
                           excluded=self.excluded, truncated_samples=self.truncated,
                           algorithm=self.algorithm.describe(), warnings=self.warnings,
                           adapter_parameters=self.slot.num_parameters(), adapter_bytes=self.adapter_bytes,
+                          ffa_lora=bool(self.slot.frozen),
                           body_parameters=self.runtime.shape.body_params,
                           precision=self.session.base.precision.name, device=str(self.session.base.device),
                           setup_seconds=self.setup_seconds)
@@ -243,11 +265,13 @@ class Simulation:
                                    f"(per client: the setup event in {METRICS})")
             for cid, why in self.excluded.items():
                 self.reporter.warn(f"client {cid} is left out of sampling: {why}")
+            if (dp := self.algorithm.report().get("dp")) is not None:
+                self.reporter.info(f"  differential privacy ({dp['mode']}): {dp['guarantee']}")
             if cfg.eval.at_start:
                 history.append(self._evaluate(0, global_state, metrics, timing))
         rounds = cfg.fl.rounds
         with self.reporter.rounds(rounds, start_round, title=f"{cfg.name} ({cfg.fl.algorithm})") as progress:
-            transport = self._transport(self.runtime, self.dataset.__getitem__, _StepBars(progress))
+            transport = self._transport(self.runtime, self.dataset.__getitem__, _StepBars(progress), cfg.comm.down)
             for r in range(start_round, rounds):
                 global_state = self._round(r, global_state, transport, metrics, timing)
                 done = r + 1
@@ -257,8 +281,8 @@ class Simulation:
                     metrics.write("checkpoint", round=done)
                     info = {"metrics_offset": metrics.offset(), "timing": timing, "history": history,
                             "fingerprint": config_fingerprint(cfg), "config": cfg.model_dump(mode="json")}
-                    save_checkpoint(ckpt_root, done, global_state, self.algorithm.state_dict(), self.store, info,
-                                    keep=cfg.checkpoint.keep)
+                    save_checkpoint(ckpt_root, done, self.slot.full(global_state), self.algorithm.state_dict(),
+                                    self.store, info, keep=cfg.checkpoint.keep)
                 progress.advance()
         try:
             save_adapter(self.slot, global_state, self.run_dir / ADAPTER)
@@ -304,9 +328,11 @@ class Simulation:
         alg = self.algorithm
         train = self._train_settings()
         payload = alg.client_payload(global_state)
+        reply_wire = self.cfg.comm.up.model_dump()
         for cid in sampled:
             yield Instruction(round=r, client_id=cid, seed=self.cfg.seed, lr=lr, train=train, method=alg.client_method(),
-                              adapter=global_state, payload=payload, transforms=alg.client_transforms())
+                              adapter=global_state, payload=payload, transforms=alg.client_transforms(),
+                              reply_wire=reply_wire)
 
     def _train_settings(self) -> dict[str, Any]:
         """The local-training settings every instruction carries (the dynamic rule's inputs included)."""
@@ -325,7 +351,7 @@ class Simulation:
         if alg.single_client:
             sampled = self.participants
         else:
-            sampled = sample_uniform(self.participants, cfg.fl.clients_per_round, cfg.seed, r)
+            sampled = SAMPLERS[cfg.fl.sampling](self.participants, cfg.fl.clients_per_round, cfg.seed, r)
         updates: list[ClientUpdate] = []
         losses: dict[str, float] = {}
         bytes_up = bytes_down = 0
@@ -346,8 +372,9 @@ class Simulation:
         n_loss = sum(u.num_seen for u in updates)
         metrics.write("round", round=r + 1, lr=lr, clients=sampled, aggregated=outcome.accepted,
                       dropped=len(outcome.dropped), skipped=outcome.skipped, seconds=seconds,
-                      loss=sum(losses[u.client_id] * u.num_seen for u in updates) / max(n_loss, 1),
-                      update_norm=S.norm(S.sub(new_state, global_state)), bytes_up=bytes_up, bytes_down=bytes_down)
+                      loss=sum(losses[u.client_id] * u.num_seen for u in updates) / max(n_loss, 1) if updates else None,
+                      update_norm=S.norm(S.sub(new_state, global_state)), bytes_up=bytes_up, bytes_down=bytes_down,
+                      **alg.report())
         return new_state
 
     def _log_client(self, r: int, ex: Exchange, metrics: MetricsLog) -> None:
@@ -385,6 +412,7 @@ class Simulation:
             "excluded_clients": self.excluded, "final_eval": final, "eval_history": history, **timing,
             "precision": self.session.base.precision.name,
             "adapter_parameters": self.slot.num_parameters(), "adapter_bytes": self.adapter_bytes,
+            "privacy": self.algorithm.report().get("dp"),
             "dropped_updates": sum(1 for e in events if e["event"] == "drop"),
             "skipped_rounds": [e["round"] for e in events if e["event"] == "round" and e.get("skipped")],
             "cost": cost_summary([e for e in events if e["event"] == "client"]),

@@ -16,22 +16,27 @@ from fedllm.fl.state import State
 from fedllm.runs import RunError
 
 
+METHOD = "method"
+
+
 class ClientStateStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, client_id: str) -> Path:
-        digest = hashlib.blake2b(client_id.encode(), digest_size=10).hexdigest()
+    def _path(self, client_id: str, kind: str) -> Path:
+        key = client_id if kind == METHOD else f"{client_id}\x1f{kind}"  # the method's files keep their old names
+        digest = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
         return self.root / f"{digest}.safetensors"
 
-    def get(self, client_id: str) -> State | None:
-        path = self._path(client_id)
+    def get(self, client_id: str, kind: str = "method") -> State | None:
+        """The client's state of this kind (``method``: e.g. SCAFFOLD's c_i; ``codec``: error-feedback residuals)."""
+        path = self._path(client_id, kind)
         return load_file(str(path)) if path.is_file() else None
 
-    def put(self, client_id: str, state: State) -> None:
+    def put(self, client_id: str, state: State, kind: str = "method") -> None:
         """Replace the client's state atomically; on an I/O error the previous state stays."""
-        path = self._path(client_id)
+        path = self._path(client_id, kind)
         tmp = path.with_suffix(".tmp")
         try:
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"client_id": client_id})

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fedllm.data.schema import ClientData
-from fedllm.engine.client import ClientRuntime, StepCallback, run_client_round
-from fedllm.engine.messages import Instruction, Reply
+from fedllm.engine.client import ClientRuntime, StepCallback, serve_round
+from fedllm.engine.messages import EXACT, Instruction, Reply
+from fedllm.fl.codec import WireSpec
 
 
 @dataclass
@@ -31,15 +32,14 @@ class InProcessTransport:
     """The simulation's transport: clients share this process and its base model."""
 
     def __init__(self, runtime: ClientRuntime, client_data: Callable[[str], ClientData],
-                 on_step: StepCallback | None = None) -> None:
+                 on_step: StepCallback | None = None, wire: WireSpec = EXACT) -> None:
         self.runtime = runtime
         self.client_data = client_data
         self.on_step = on_step
+        self.wire = wire  # how instructions travel (comm.down)
 
     def run(self, instructions: Iterable[Instruction]) -> Iterator[Exchange]:
         for ins in instructions:
-            down = ins.to_bytes()
-            received = Instruction.from_bytes(down)
-            reply = run_client_round(received, self.client_data(received.client_id), self.runtime, self.on_step)
-            up = reply.to_bytes()
+            down = ins.to_bytes(self.wire)
+            up = serve_round(down, self.client_data(ins.client_id), self.runtime, self.on_step)
             yield Exchange(Reply.from_bytes(up), len(down), len(up))

@@ -10,9 +10,9 @@ from fedllm.fl import methods as methods  # noqa: F401
 from fedllm.fl import optimizers as optimizers  # noqa: F401
 from fedllm.fl import presets as presets  # noqa: F401
 from fedllm.fl import transforms as transforms  # noqa: F401
-from fedllm.fl.base import ClientContext, ClientHooks, ClientUpdate, Rejected
+from fedllm.fl.base import ClientContext, ClientHooks, ClientUpdate, Federation, Rejected
 from fedllm.fl.registries import AGGREGATORS, ALGORITHMS, CLIENT_METHODS, SERVER_OPTIMIZERS, TRANSFORMS, register_algorithm
-from fedllm.fl.params import FLParams
+from fedllm.fl.params import DPConfig, FLParams
 from fedllm.fl.server import Algorithm, RoundOutcome, build_algorithm, build_client_hooks, ignored_params
 from fedllm.fl.state import State
 
@@ -26,7 +26,9 @@ __all__ = [
     "ClientContext",
     "ClientHooks",
     "ClientUpdate",
+    "DPConfig",
     "FLParams",
+    "Federation",
     "Rejected",
     "RoundOutcome",
     "State",

@@ -13,6 +13,7 @@ holding n_i samples, Δ_i = w_i − w, Δ = Σ_S p_i Δ_i.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
@@ -83,22 +84,29 @@ class Component:
     #: FLParams fields this component reads (the rest are reported as ignored when set).
     reads: ClassVar[tuple[str, ...]] = ()
     states: ClassVar[tuple[str, ...]] = ()
+    #: plain (JSON) attributes saved under ``"<name>.<attr>"`` (counters, a clip norm, a noise seed).
+    scalars: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         for s in self.states:
             setattr(self, s, None)
 
-    def state_dict(self) -> dict[str, Tensor | int | float]:
-        d: dict[str, Tensor | int | float] = {}
+    def state_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
         for s in self.states:
             st = getattr(self, s)
             d.update(pack_states(s, None if st is None else {k: v.detach().clone() for k, v in st.items()}))
+        for a in self.scalars:
+            d[f"{self.name}.{a}"] = copy.deepcopy(getattr(self, a))
         return d
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
         for s in self.states:
             st = unpack_state(s, d)
             setattr(self, s, None if st is None else {k: v.detach().clone() for k, v in st.items()})
+        for a in self.scalars:
+            if f"{self.name}.{a}" in d:
+                setattr(self, a, copy.deepcopy(d[f"{self.name}.{a}"]))
 
 
 class Aggregator(Component):
@@ -173,6 +181,25 @@ class ClientMethod(Component):
 
 
 @dataclass(frozen=True)
+class Federation:
+    """What the server knows of the federation a run trains, for the parts that depend on it
+    (privacy: sampling rate, rounds, data size). Absent facts are None."""
+
+    num_clients: int
+    clients_per_round: int | None = None
+    rounds: int | None = None
+    total_samples: int | None = None  # training samples of all clients together
+    lr: float | None = None  # the local learning rate (FedLLM-Bench's σ formula uses it)
+    sampling: str = "uniform"  # uniform: a fixed-size sample per round; poisson: each client with q = S/N
+    seed: int = 0  # the run seed (noise seeds derive from it unless drawn securely)
+
+    def require(self, *names: str, by: str) -> None:
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{by} needs the federation's {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
 class ClientContext:
     """What a client-stage transform may use besides the update: the run seed, round and client."""
 
@@ -195,17 +222,31 @@ class Transform(Component):
     @property
     def on_client_side(self) -> bool:
         """Whether the instruction asks clients to run ``on_client`` (default: the class overrides it)."""
-        return type(self).on_client is not Transform.on_client
+        return type(self).on_client.__func__ is not Transform.on_client.__func__  # type: ignore[attr-defined]
+
+    def bind(self, federation: Federation) -> None:
+        """Learn the facts of the federation (called once by the server before the first round)."""
+
+    def client_spec(self) -> dict[str, Any]:
+        """What the instruction carries for ``on_client``: the name and plain options."""
+        return {"name": self.name, **self.options.model_dump()}
 
     @classmethod
     def on_client(cls, options: Mapping[str, Any], delta: State, ctx: ClientContext) -> State:
         return delta
+
+    def begin_round(self) -> None:
+        """Called once per server round, before the updates arrive."""
 
     def on_update(self, update: ClientUpdate, global_state: State) -> ClientUpdate:
         return update
 
     def on_aggregate(self, delta: State, updates: list[ClientUpdate]) -> State:
         return delta
+
+    def report(self) -> dict[str, Any]:
+        """Numbers this transform reports after each round (privacy: ε, δ, σ …); empty for most."""
+        return {}
 
 
 def pack_states(prefix: str, state: State | None) -> dict[str, Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from fedllm.fl.registries import AGGREGATORS, ALGORITHMS, SERVER_OPTIMIZERS, TRANSFORMS, resolve_spec
@@ -21,6 +21,57 @@ Weighting = Literal["samples", "uniform", "seen"]
 
 #: pydantic settings shared by every typed config of the project: unknown keys and NaN/inf are errors.
 STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+DPMode = Literal["fedllm-bench", "dp-fedavg", "local"]
+
+
+def dp_transform(mode: str) -> str:
+    """The update transform that implements a DP mode."""
+    return "dp-" + mode.removeprefix("dp-")
+
+
+class DPConfig(BaseModel):
+    """User-level differential privacy (one client = one user); README "Differential privacy" has
+    each mode's threat model."""
+
+    model_config = STRICT
+
+    mode: DPMode = Field(..., description="fedllm-bench: FedLLM-Bench's noise on each upload (nominal ε); dp-fedavg: "
+                                          "central DP (McMahan et al. 2018) with an accountant; local: clip and noise on "
+                                          "the client")
+    epsilon: Optional[float] = Field(None, gt=0, description="fedllm-bench: the ε in the paper's σ formula; dp-fedavg and "
+                                                             "local: the target ε for the planned rounds (solves z)")
+    delta: float = Field(1e-4, gt=0, lt=1, description="δ of the (ε, δ) guarantee (FedLLM-Bench used 1e-4)")
+    sigma: Optional[float] = Field(None, gt=0, description="fedllm-bench: a fixed noise std instead of the formula (Table 8)")
+    noise_multiplier: Optional[float] = Field(None, gt=0, description="dp-fedavg and local: z, the noise std in units of "
+                                                                      "the clip norm (instead of a target ε)")
+    clip: float = Field(1.0, gt=0, description="C: the L2 bound of a client update (fedllm-bench: the gradient bound in Δ_l)")
+    accountant: Literal["rdp", "pld"] = Field("rdp", description="dp-accounting's accountant (pld needs fl.sampling: poisson)")
+    adaptive_clip: bool = Field(False, description="dp-fedavg: adapt C to a quantile of the update norms (Andrew et al. 2021)")
+    target_quantile: float = Field(0.5, gt=0, lt=1, description="γ: the share of updates adaptive clipping leaves unclipped")
+    clip_lr: float = Field(0.2, gt=0, description="η_C: the geometric learning rate of the clip norm")
+    clipped_count_stddev: Optional[float] = Field(None, gt=0, description="σ_b: noise std of the unclipped count; null: "
+                                                                           "expected clients per round / 20 (the paper)")
+    secure_noise: bool = Field(False, description="draw the noise seed from the OS's entropy instead of the run seed "
+                                                  "(seeded noise is reproducible, but offers no privacy against anyone "
+                                                  "who knows the seed)")
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> DPConfig:
+        if self.mode == "fedllm-bench":
+            if (self.epsilon is None) == (self.sigma is None):
+                raise ValueError("fedllm-bench takes exactly one of epsilon (the paper's formula) or sigma (fixed noise)")
+            if self.noise_multiplier is not None or self.adaptive_clip:
+                raise ValueError("noise_multiplier and adaptive_clip apply to dp-fedavg, not fedllm-bench")
+        else:
+            if (self.epsilon is None) == (self.noise_multiplier is None):
+                raise ValueError(f"{self.mode} takes exactly one of epsilon (a target solved for z) or noise_multiplier (z)")
+            if self.sigma is not None:
+                raise ValueError(f"sigma applies to fedllm-bench; {self.mode} takes noise_multiplier")
+            if self.adaptive_clip and self.mode != "dp-fedavg":
+                raise ValueError("adaptive_clip applies to dp-fedavg only")
+        return self
 
 
 @dataclass(config=STRICT)
@@ -49,6 +100,7 @@ class FLParams:
         default_factory=list, description="update transforms after validation, in order: [{name: clip, max_norm: 1.0}]")
     max_update_norm: Optional[float] = Field(
         None, gt=0, description="drop a client update whose L2 norm (all tensors together) exceeds this bound")
+    dp: Optional[DPConfig] = Field(None, description="user-level differential privacy: {mode: dp-fedavg, epsilon: 1, ...}")
 
     @field_validator("algorithm")
     @classmethod
@@ -70,6 +122,11 @@ class FLParams:
     def _transform_specs(cls, v: list[Any]) -> list[dict[str, Any]]:
         out, problems = [], []
         for i, spec in enumerate(v):
+            name = spec.get("name") if isinstance(spec, dict) else spec
+            if isinstance(name, str) and name.startswith("dp-"):
+                problems.append(f"[{i}] {name!r} is set with fl.dp (mode: {name.removeprefix('dp-')}), which also "
+                                f"accounts for it")
+                continue
             try:
                 out.append(resolve_spec(TRANSFORMS, spec))
             except ValueError as e:
@@ -83,4 +140,13 @@ class FLParams:
         preset = ALGORITHMS[self.algorithm]
         if getattr(preset, "single_client", False) and self.aggregator is not None:
             raise ValueError(f"fl.aggregator does not apply to {self.algorithm!r}: it trains one client alone")
+        if self.dp is not None:
+            if getattr(preset, "method", "plain") == "scaffold":
+                raise ValueError("fl.dp with scaffold: its control variates Δc_i leave the client without noise; "
+                                 "use fedavg, fedprox, fedavgm or an adaptive optimizer")
+            if self.dp.mode == "dp-fedavg" and self.aggregator is not None and self.aggregator["name"] != "mean":
+                raise ValueError("fl.dp dp-fedavg bounds the sensitivity of a mean of clipped updates; robust aggregators "
+                                 "(fl.aggregator) have another sensitivity")
+            if getattr(preset, "single_client", False):
+                raise ValueError("fl.dp does not apply to the local baseline, which releases no aggregate")
         return self

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedllm.fl.base import ClientHooks, ClientUpdate, Rejected
+from fedllm.fl.base import ClientHooks, ClientUpdate, Federation, Rejected
 from fedllm.fl.registries import AGGREGATORS, ALGORITHMS, CLIENT_METHODS, SERVER_OPTIMIZERS, TRANSFORMS, build_component, resolve_spec
-from fedllm.fl.params import FLParams, Weighting
+from fedllm.fl.params import FLParams, Weighting, dp_transform
 from fedllm.fl.state import State
 from fedllm.fl.transforms.validate import Validate, ValidateOptions
 
@@ -40,7 +40,7 @@ class RoundOutcome:
 class Algorithm:
     """A method preset with its parts; ``fl.aggregator`` / ``fl.server_optimizer`` replace parts."""
 
-    def __init__(self, params: FLParams, num_clients: int) -> None:
+    def __init__(self, params: FLParams, num_clients: int, federation: Federation | None = None) -> None:
         if num_clients < 1:
             raise ValueError(f"num_clients must be >= 1, got {num_clients}")
         self.params = params
@@ -54,6 +54,12 @@ class Algorithm:
         validate = Validate(ValidateOptions(max_norm=params.max_update_norm, payload=self.method.reply_payload))
         self.transform_specs = [dict(s) for s in params.transforms]
         self.transforms = [validate, *(build_component(TRANSFORMS, s) for s in self.transform_specs)]
+        self.dp = TRANSFORMS.lookup(dp_transform(params.dp.mode))(params.dp) if params.dp is not None else None
+        if self.dp is not None:
+            self.transforms.append(self.dp)  # last: it clips and noises what every other transform left
+        federation = federation or Federation(num_clients)
+        for t in self.transforms:
+            t.bind(federation)
         self.rounds_done = 0  # server updates applied so far; part of the checkpointed state
 
     # ----- what the parts say about the method
@@ -78,8 +84,17 @@ class Algorithm:
         """The parts in force, for the run's setup event."""
         return {"aggregator": self.aggregator_spec, "server_optimizer": self.optimizer.name,
                 "client_method": self.method.name, "server_lr": self.server_lr,
-                "weighting": self.weighting() if self.aggregator.uses_weights else None,
-                "transforms": self.transform_specs}
+                "weighting": self.weighting() if self.aggregator.uses_weights and not self.dp_replaces_mean else None,
+                "transforms": self.transform_specs, "dp": self.report().get("dp")}
+
+    @property
+    def dp_replaces_mean(self) -> bool:
+        """DP-FedAvg averages the clipped updates itself (uniformly, over the expected clients)."""
+        return self.params.dp is not None and self.params.dp.mode == "dp-fedavg"
+
+    def report(self) -> dict[str, Any]:
+        """What the parts report after a round (privacy: ε, δ, noise …)."""
+        return {"dp": self.dp.report()} if self.dp is not None else {}
 
     # ----- client half: what the instruction carries
     def client_method(self) -> dict[str, Any]:
@@ -88,7 +103,7 @@ class Algorithm:
 
     def client_transforms(self) -> list[dict[str, Any]]:
         """Specs of the transforms the client runs on its update before it leaves."""
-        return [spec for spec, t in zip(self.transform_specs, self.transforms[1:]) if t.on_client_side]
+        return [t.client_spec() for t in self.transforms[1:] if t.on_client_side]
 
     def client_payload(self, global_state: State) -> dict[str, State]:
         return self.method.payload(global_state)
@@ -125,6 +140,8 @@ class Algorithm:
         """Transform, validate and aggregate the updates, then move the global adapter."""
         accepted: list[ClientUpdate] = []
         dropped: list[tuple[str, str]] = []
+        for t in self.transforms:
+            t.begin_round()
         for u in updates:
             try:
                 for t in self.transforms:
@@ -133,6 +150,8 @@ class Algorithm:
                 dropped.append((u.client_id, str(e)))
                 continue
             accepted.append(u)
+        if not updates:
+            return RoundOutcome(None, skipped="no client was sampled")
         if not accepted:
             return RoundOutcome(None, dropped=dropped, skipped="no client update survived validation")
         n = len(accepted)
@@ -192,16 +211,17 @@ def all_finite(state: State) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values())
 
 
-def build_algorithm(params: FLParams, num_clients: int) -> Algorithm:
-    return Algorithm(params, num_clients)
+def build_algorithm(params: FLParams, num_clients: int, federation: Federation | None = None) -> Algorithm:
+    return Algorithm(params, num_clients, federation)
 
 
 def ignored_params(params: FLParams) -> list[str]:
     """One line per FLParams key set away from its default that the method in force does not read."""
-    alg = Algorithm(params, num_clients=1)
-    used = set(ALWAYS_READ) | alg.optimizer.used_params() | set(alg.method.reads)
+    alg = Algorithm(dataclasses.replace(params, dp=None), num_clients=1)
+    used = set(ALWAYS_READ) | {"dp"} | alg.optimizer.used_params() | set(alg.method.reads)
     used -= set(alg.preset.pinned)
-    if alg.aggregator.uses_weights and alg.weighting() == params.weighting:
+    dp_mean = params.dp is not None and params.dp.mode == "dp-fedavg"
+    if alg.aggregator.uses_weights and alg.weighting() == params.weighting and not dp_mean:
         used.add("weighting")
     defaults = FLParams()
     out = []

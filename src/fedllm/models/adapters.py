@@ -33,32 +33,44 @@ def attach_lora(model: Any, cfg: Any) -> Any:
     return get_peft_model(model, peft_cfg)
 
 
+def is_lora_a(key: str) -> bool:
+    return ".lora_A." in key or key.endswith("lora_A.weight")
+
+
 class AdapterSlot:
     """The trainable parameters of a peft model under the key names peft saves them with.
 
     Keys come from ``get_peft_model_state_dict`` and are matched to live parameters by storage,
-    so no parameter name is edited by string replacement.
+    so no parameter name is edited by string replacement. With ``freeze_a`` (FFA-LoRA, Sun et al.
+    2024) every LoRA A stays at its seeded initialisation, shared by all clients: only B is trained,
+    read, sent and aggregated, which halves the message and keeps the product BA linear in what DP
+    noises.
     """
 
-    def __init__(self, peft_model: Any) -> None:
+    def __init__(self, peft_model: Any, freeze_a: bool = False) -> None:
         from peft import get_peft_model_state_dict
 
         self.model = peft_model
         by_ptr = {p.data_ptr(): p for p in peft_model.parameters() if p.requires_grad}
-        self.params: dict[str, nn.Parameter] = {}
+        every: dict[str, nn.Parameter] = {}
         for key, tensor in get_peft_model_state_dict(peft_model).items():
             param = by_ptr.get(tensor.data_ptr())
             if param is None:
                 raise RuntimeError(f"adapter key {key} does not map to a trainable parameter")
-            self.params[key] = param
-        if len(self.params) != len(by_ptr):
-            raise RuntimeError(f"{len(by_ptr) - len(self.params)} trainable parameters are not part of the adapter state")
+            every[key] = param
+        if len(every) != len(by_ptr):
+            raise RuntimeError(f"{len(by_ptr) - len(every)} trainable parameters are not part of the adapter state")
+        self.every = every
+        self.frozen = {k: p for k, p in every.items() if freeze_a and is_lora_a(k)}
+        for p in self.frozen.values():
+            p.requires_grad_(False)
+        self.params: dict[str, nn.Parameter] = {k: p for k, p in every.items() if k not in self.frozen}
 
     def keys(self) -> list[str]:
         return list(self.params)
 
     def read(self) -> State:
-        """A detached fp32 CPU copy of the current adapter."""
+        """A detached fp32 CPU copy of the current (trainable) adapter."""
         return {k: p.detach().to("cpu", torch.float32, copy=True) for k, p in self.params.items()}
 
     @torch.no_grad()
@@ -77,17 +89,34 @@ class AdapterSlot:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.params.values())
 
+    @torch.no_grad()
     def initial_state(self, seed: int) -> State:
-        """peft's default LoRA init (A ~ kaiming-uniform(a=√5), B = 0) from an explicit seed,
-        so runs sharing one model start from the same adapter for the same seed."""
+        """peft's default LoRA init (A ~ kaiming-uniform(a=√5), B = 0) from an explicit seed, so runs
+        sharing one model start from the same adapter for the same seed. Frozen parts (FFA-LoRA's A)
+        are set in the model; the trainable part is returned."""
         gen = torch.Generator().manual_seed(seed)
         out: State = {}
-        for k, p in self.params.items():
+        for k, p in self.every.items():
             t = torch.zeros(p.shape, dtype=torch.float32)
-            if ".lora_A." in k or k.endswith("lora_A.weight"):
+            if is_lora_a(k):
                 nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=gen)
-            out[k] = t
+            if k in self.frozen:
+                p.copy_(t)
+            else:
+                out[k] = t
         return out
+
+    def full(self, state: State) -> State:
+        """The whole adapter (frozen parts included), as peft saves it, for ``state``'s trainable part."""
+        return {k: (p.detach().to("cpu", torch.float32, copy=True) if k in self.frozen else state[k])
+                for k, p in self.every.items()}
+
+    def trainable(self, full: State) -> State:
+        """The trainable part of a whole adapter (e.g. a checkpoint's)."""
+        missing = sorted(self.params.keys() - full.keys())
+        if missing:
+            raise KeyError(f"adapter state lacks {missing[:3]} ({len(missing)})")
+        return {k: full[k] for k in self.params}
 
 
 def save_adapter(slot: AdapterSlot, state: State, out_dir: Path) -> Path:
