@@ -281,3 +281,24 @@ def test_lossy_encoding_refuses_what_it_cannot_bound() -> None:
     # lossless passes anything float through untouched, NaN included
     enc, layout, _ = encode({"w": torch.tensor([float("nan"), float("inf")])}, CodecSpec())
     assert torch.equal(decode(enc, layout, CodecSpec())["w"].isnan(), torch.tensor([True, False]))
+
+
+def test_rank_scales_follow_the_lora_rank_and_beat_row_scales_on_b():
+    """rank: one scale per rank component, i.e. per row of A (r × in) and per column of B (out × r)."""
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(16, 576, generator=gen) * torch.logspace(-3, 0, 16).unsqueeze(1)  # rows of very different size
+    b = torch.randn(576, 16, generator=gen) * torch.logspace(-3, 0, 16).unsqueeze(0)  # columns of very different size
+    state = {"q.lora_A.weight": a, "q.lora_B.weight": b}
+    rank = CodecSpec(quantize="int8", scale="rank")
+    enc, layout, _ = encode(state, rank, None)
+    assert enc["q.lora_A.weight::scale"].shape == (16,) and enc["q.lora_B.weight::scale"].shape == (16,)
+    nbytes = sum(t.numel() * t.element_size() for t in enc.values())
+    assert nbytes <= 0.26 * sum(t.numel() * 4 for t in state.values())  # 16 scales per matrix, not 576
+    back = decode(enc, layout, rank)
+    for k, x in state.items():
+        assert bool(((back[k] - x).abs() <= error_bound(x, rank)).all())
+    # per column of B: small columns keep their precision; one scale per row (of 16 mixed columns) does not
+    row = CodecSpec(quantize="int8", scale="row")
+    err_rank = (decode(*encode(state, rank, None)[:2], rank)["q.lora_B.weight"] - b)[:, 0].abs().max()
+    err_row = (decode(*encode(state, row, None)[:2], row)["q.lora_B.weight"] - b)[:, 0].abs().max()
+    assert err_rank < err_row / 10

@@ -104,3 +104,19 @@ def test_a_non_finite_update_still_reaches_the_server_to_be_dropped(tmp_path):
     reply = Reply.from_bytes(serve_round(ins.to_bytes(), sim.dataset["user0"], rt))
     assert reply.metrics["codec_fallback"] == "non-finite update sent exactly"
     assert not all(torch.isfinite(v).all() for v in reply.update.delta.values())
+
+
+@pytest.mark.parametrize("up", [{"dtype": "bf16"}, {"topk": 0.25, "dtype": "fp16"},
+                                {"quantize": "int8", "scale": "row", "topk": 0.5, "zstd": 19}])
+def test_every_codec_runs_end_to_end(tmp_path, up):
+    exact_cfg = tiny_config(tmp_path / "exact", fl={"rounds": 2})
+    cfg = tiny_config(tmp_path / "c", fl={"rounds": 2}, comm={"up": up})
+    run(exact_cfg)
+    sim, summary = run(cfg)
+    assert summary["cost"]["bytes_up"] < 0.8 * json_bytes_up(exact_cfg)
+    assert all(torch.isfinite(v).all() for v in sim.final_state.values())
+    assert summary["final_eval"]["pooled_loss"] is not None
+
+
+def json_bytes_up(cfg) -> int:
+    return sum(e["bytes_up"] for e in read_metrics(cfg.run_dir / "metrics.jsonl", "client"))

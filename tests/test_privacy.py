@@ -133,6 +133,22 @@ def test_privacy_does_not_combine_with_what_breaks_it():
         build_config({"fl": {"transforms": [{"name": "dp-fedavg", "mode": "dp-fedavg", "epsilon": 1.0}]}})
 
 
+def test_an_epsilon_the_accountant_cannot_certify_is_never_reported():
+    """RDP's conversion underflows for huge z and answers ε = 0: that must be an error, not a guarantee."""
+    from fedllm.fl.privacy import calibrate_noise_multiplier
+
+    with pytest.raises(ValueError, match="cannot certify an epsilon at noise multiplier z=10000"):
+        DpFedAvgAccounting(1e4, "uniform", 23, 2, 1e-4, "rdp").epsilon(8)
+    with pytest.raises(ValueError, match=r"unreachable: the smallest epsilon the rdp accountant certifies here is "
+                                         r"0\.026.*use accountant 'pld' with fl.sampling: poisson"):
+        calibrate_noise_multiplier(0.01, 1e-4, 8, "uniform", 23, 2, "rdp")
+    z = calibrate_noise_multiplier(0.01, 1e-4, 8, "poisson", 23, 2, "pld")  # PLD certifies it
+    assert 0.0099 <= DpFedAvgAccounting(z, "poisson", 23, 2, 1e-4, "pld").epsilon(8) <= 0.01
+    with pytest.raises(ValueError, match="cannot certify"):
+        build_algorithm(FLParams("fedavg", dp={"mode": "dp-fedavg", "noise_multiplier": 1e4}), 23,
+                        Federation(num_clients=23, clients_per_round=2, rounds=8))
+
+
 def run(cfg, resume=False, **kw):
     sim = Simulation(cfg, dataset=synthetic_federation(), reporter=Reporter(quiet=True),
                      evaluator=HeldoutEvaluator.from_config(cfg.eval), **kw)
@@ -222,3 +238,25 @@ def test_json_strict_in_private_runs(tmp_path):
     run(cfg)
     summary = json.loads((cfg.run_dir / "summary.json").read_text())
     assert summary["privacy"]["sigma"] == 1e-3 and summary["privacy"]["epsilon"] is None
+
+
+def test_dp_sweep_command_writes_its_table_and_plot(tmp_path, bench_file):
+    from typer.testing import CliRunner
+
+    from fedllm.cli import app
+
+    args = ["dp-sweep", "--out", str(tmp_path / "sweep"), "--epsilons", "0.5", "model.name=tiny",
+            f"data.dataset={bench_file}", "data.max_length=64", "lora.r=4", "fl.rounds=2", "train.local_steps=2"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert [r["label"] for r in rows] == ["Local", "FedAvg", "FedAvg, FFA-LoRA", "fedllm-bench ε=0.5", "dp-fedavg ε=0.5"]
+    dp = rows[-1]
+    assert dp["guaranteed"] and 0.99 * 0.5 <= dp["epsilon"] <= 0.5 and rows[-2]["epsilon"] is None
+    assert all(r["heldout_loss"] is not None for r in rows)
+    assert (tmp_path / "sweep" / "dp_sweep.png").stat().st_size > 10_000
+    assert (tmp_path / "sweep" / "results.csv").read_text().count("\n") == 6
+    res = CliRunner().invoke(app, args)  # finished cells are reused, not retrained
+    assert res.exit_code == 0 and res.output.count("finished before, reused") == 5
+    bad = CliRunner().invoke(app, ["dp-sweep", "--epsilons", "0,x"])
+    assert bad.exit_code == 2 and "--epsilons" in bad.output

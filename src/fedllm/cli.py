@@ -29,6 +29,9 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    import absl.logging  # dp-accounting's: its numerical warnings are about orders it leaves out, not about the run
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -102,6 +105,27 @@ def quickstart(
     from fedllm.bench.quickstart import run_quickstart
 
     run_quickstart(output_dir, overrides or [], console)
+
+
+@app.command("dp-sweep")
+@_friendly
+def dp_sweep(
+    output_dir: Path = typer.Option(Path("runs/dp-sweep"), "--out", help="where the runs, results and plot go"),
+    epsilons: str = typer.Option("1e-3,1e-2,0.1,1", "--epsilons", help="comma-separated ε values (δ = 1e-4)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides applied to every run"),
+) -> None:
+    """FedLLM-Bench's DP sweep (Figure 6) in kind: FedAvg at each ε in the paper's mode and in DP-FedAvg,
+    beside FedAvg without DP and Local, on the quickstart's setup; finished runs are reused."""
+    from fedllm.bench.dp_sweep import run_dp_sweep
+    from fedllm.config import ConfigError
+
+    try:
+        eps = tuple(float(e) for e in epsilons.split(",") if e.strip())
+    except ValueError:
+        raise ConfigError(f"--epsilons {epsilons!r}: expected comma-separated numbers, e.g. 1e-3,0.1,1") from None
+    if not eps or any(not e > 0 for e in eps):
+        raise ConfigError(f"--epsilons {epsilons!r}: every ε must be a positive number")
+    run_dp_sweep(output_dir, overrides or [], console, eps)
 
 
 @app.command()

@@ -8,7 +8,8 @@ the same values as before. Lossy settings, from cheap to aggressive (bytes relat
 * ``dtype`` fp16 / bf16 (0.5×): values rounded to nearest; fp16 keeps 11 significant bits in a narrow
   range (normal ≥ 2⁻¹⁴), bf16 keeps fp32's range with 8 bits.
 * ``quantize: int8`` (≈0.25× plus scales): symmetric absmax, q = round(x / s) ∈ [−127, 127] with
-  s = absmax / 127 per tensor or per row (dim 0); symmetric so that 0 maps to 0 and no zero point
+  s = absmax / 127 per tensor, per row (dim 0), or per rank component (a matrix's shorter side: r
+  scales for a LoRA A or B, where per row would give B one scale per output row); symmetric so that 0 maps to 0 and no zero point
   travels; s is rounded *up* to ``dtype`` so |x / s| ≤ 127 holds exactly and no clipping happens.
   Scales cost 4 / 2 bytes each: prefer bf16 or fp32 for tiny deltas, as fp16 scales go subnormal
   below absmax 127·2⁻¹⁴ ≈ 0.008 and lose relative precision there (the bound below still holds).
@@ -40,6 +41,7 @@ non-finite inputs and values that overflow ``dtype`` (ValueError), where no boun
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -66,7 +68,9 @@ class CodecSpec(Options):
 
     dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="float type values (or int8 scales) travel in")
     quantize: Literal["none", "int8"] = Field("none", description="int8: symmetric absmax quantization of the values")
-    scale: Literal["tensor", "row"] = Field("row", description="int8 scale granularity: one per tensor or per row (dim 0)")
+    scale: Literal["tensor", "row", "rank"] = Field(
+        "rank", description="int8 scale granularity: one per tensor, per row (dim 0), or per rank component (along a "
+                            "matrix's shorter side: LoRA A's r rows, LoRA B's r columns; r scales per matrix)")
     topk: float | None = Field(None, gt=0, le=1, description="keep only this fraction of each tensor's largest-|x| entries")
     error_feedback: bool = Field(True, description="the sender carries what a lossy message lost into its next one")
 
@@ -160,7 +164,7 @@ def error_bound(x: Tensor, spec: CodecSpec) -> Tensor:
         return torch.zeros(x.shape, dtype=torch.float64, device=x.device)
     flat = x.reshape(-1)
     n = flat.numel()
-    nrows, row_len = _groups(tuple(x.shape), spec)
+    nrows, group_of = _groups(tuple(x.shape), spec)
     if spec.topk is not None:
         idx = _select(flat, topk_count(n, spec.topk))
         bound = flat.abs().double()  # dropped entries lose everything
@@ -169,7 +173,7 @@ def error_bound(x: Tensor, spec: CodecSpec) -> Tensor:
         bound = torch.zeros(n, dtype=torch.float64, device=x.device)
     vals = flat[idx]
     if spec.quantize == "int8":
-        rows = idx // max(row_len, 1)
+        rows = group_of(idx)
         s = _int8_scales(vals, rows, nrows, _TRAVEL[spec.dtype]).double()
         kept = s[rows] * (0.5 + INT8_SLACK)
     else:
@@ -197,8 +201,8 @@ def _encode_tensor(x: Tensor, spec: CodecSpec, key: str) -> dict[str, Tensor]:
         idx = torch.arange(n, device=x.device)
         vals, shape = flat, tuple(x.shape)
     if spec.quantize == "int8":
-        nrows, row_len = _groups(tuple(x.shape), spec)
-        rows = idx // max(row_len, 1)
+        nrows, group_of = _groups(tuple(x.shape), spec)
+        rows = group_of(idx)
         s = _int8_scales(vals, rows, nrows, travel)
         if not bool(torch.isfinite(s).all()):
             raise ValueError(f"int8 scales of {key!r} overflow {spec.dtype}")
@@ -219,7 +223,7 @@ def _decode_tensor(parts: dict[str, Tensor], shape: tuple[int, ...], dtype: torc
     """One tensor back from its parts, checking that they fit ``shape`` and ``spec``."""
     travel = _TRAVEL[spec.dtype]
     n = math.prod(shape)
-    nrows, row_len = _groups(shape, spec)
+    nrows, group_of = _groups(shape, spec)
     if spec.topk is not None:
         idx = parts["idx"]
         _expect(idx, torch.int32, (topk_count(n, spec.topk),), key, "idx")
@@ -234,7 +238,7 @@ def _decode_tensor(parts: dict[str, Tensor], shape: tuple[int, ...], dtype: torc
         q, s = parts["q"], parts["scale"]
         _expect(q, torch.int8, vshape, key, "q")
         _expect(s, travel, (nrows,), key, "scale")
-        rows = idx.to(q.device) // max(row_len, 1)
+        rows = group_of(idx.to(q.device))
         vals = q.reshape(-1).float() * s.float()[rows]
     else:
         v = parts["v"]
@@ -251,13 +255,18 @@ def _decode_tensor(parts: dict[str, Tensor], shape: tuple[int, ...], dtype: torc
 # ------------------------------------------------------------------------------ helpers
 
 
-def _groups(shape: tuple[int, ...], spec: CodecSpec) -> tuple[int, int]:
-    """(number of int8 scales, entries per scale): rows along dim 0 for ``scale: row`` on ≥ 2-D tensors
-    (a 1-D "row" would be a single entry), one scale for the whole tensor otherwise."""
+def _groups(shape: tuple[int, ...], spec: CodecSpec) -> tuple[int, Callable[[Tensor], Tensor]]:
+    """(number of int8 scales, flat index → scale index). ``row``: rows along dim 0 of a ≥ 2-D tensor;
+    ``rank``: a 2-D matrix's rows when it is wide (LoRA A, r × in), its columns when it is tall (LoRA B,
+    out × r); one scale for the whole tensor otherwise (and for 1-D tensors, where a row is one entry)."""
     n = math.prod(shape)
-    if spec.scale == "row" and len(shape) >= 2:
-        return shape[0], (n // shape[0] if shape[0] else 0)
-    return 1, n
+    if spec.scale == "rank" and len(shape) == 2 and shape[0] > shape[1]:
+        cols = shape[1]
+        return cols, lambda idx: idx % cols
+    if spec.scale in ("row", "rank") and len(shape) >= 2:
+        row_len = max(n // shape[0] if shape[0] else 0, 1)
+        return shape[0], lambda idx: idx // row_len
+    return 1, lambda idx: torch.zeros_like(idx)
 
 
 def _select(flat: Tensor, k: int) -> Tensor:

@@ -22,6 +22,7 @@ reports exactly the ε an uninterrupted one would.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -211,12 +212,36 @@ class DpFedAvgAccounting:
         return dp_accounting.SelfComposedDpEvent(one, rounds)
 
     def epsilon(self, rounds: int) -> float:
-        """ε at ``delta`` after ``rounds`` rounds (0.0 for none)."""
+        """ε at ``delta`` after ``rounds`` rounds (0.0 for none); ValueError where the accountant cannot
+        certify one (see ``certified``)."""
         event = self.event(rounds)
         if rounds == 0:
             return 0.0
         acc = _make_accountant(self.accountant, self.neighboring_relation)
-        return float(acc.compose(event).get_epsilon(self.delta))
+        return certified(float(acc.compose(event).get_epsilon(self.delta)), self.noise_multiplier, self.accountant)
+
+
+def certified(epsilon: float, noise_multiplier: float, accountant: str) -> float:
+    """``epsilon`` if it is a positive finite number. A Gaussian mechanism with finite noise has ε > 0;
+    an accountant answering 0 (or inf/NaN) has left its numerical range (RDP's orders underflow for
+    huge z), and such a number must never be reported as a guarantee."""
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise ValueError(f"the {accountant} accountant cannot certify an epsilon at noise multiplier "
+                         f"z={noise_multiplier:g} (it answered {epsilon}): the noise is beyond its numerical range")
+    return epsilon
+
+
+def largest_certifiable(eps_of: Callable[[float], float], lo: float, hi: float) -> tuple[float, float]:
+    """(z, ε(z)) for the largest z ≤ ``hi`` (halving) whose ε the accountant certifies: the smallest ε
+    any calibration in [lo, hi] can promise."""
+    z = hi
+    while True:
+        try:
+            return z, eps_of(z)
+        except ValueError:
+            if z / 2 < lo:
+                raise
+            z /= 2
 
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, rounds: int, sampling: Sampling,
@@ -245,10 +270,12 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, rounds: int,
                           f"(epsilon={e:.4g}, {setting}); calibrate for a smaller target")
 
     lo, hi = CALIBRATION_BRACKET
-    eps_hi = eps(hi)
+    hi, eps_hi = largest_certifiable(eps, lo, hi)
     if eps_hi > target_epsilon:
-        raise ValueError(f"target_epsilon={target_epsilon} is unreachable: even noise multiplier z={hi:g} gives "
-                         f"epsilon={eps_hi:.4g} ({setting}); raise the target or delta, or train fewer rounds")
+        raise ValueError(f"target_epsilon={target_epsilon} is unreachable: the smallest epsilon the {accountant} "
+                         f"accountant certifies here is {eps_hi:.4g} (at noise multiplier z={hi:g}; {setting}); "
+                         f"raise the target or delta, train fewer rounds"
+                         + (", or use accountant 'pld' with fl.sampling: poisson" if accountant == "rdp" else ""))
     if accountant == "rdp":
         eps_lo = eps(lo)
         if eps_lo <= target_epsilon:
@@ -368,6 +395,7 @@ def local_dp_epsilon(noise_multiplier: float, participations: int, delta: float,
     if participations == 0:
         return 0.0
     if accountant == "pld":
-        return float(dp_accounting.get_epsilon_gaussian(noise_multiplier / 2 / math.sqrt(participations), delta))
-    acc = _make_accountant(accountant, NeighboringRelation.ADD_OR_REMOVE_ONE)
-    return float(acc.compose(event).get_epsilon(delta))
+        eps = float(dp_accounting.get_epsilon_gaussian(noise_multiplier / 2 / math.sqrt(participations), delta))
+    else:
+        eps = float(_make_accountant(accountant, NeighboringRelation.ADD_OR_REMOVE_ONE).compose(event).get_epsilon(delta))
+    return certified(eps, noise_multiplier, accountant)

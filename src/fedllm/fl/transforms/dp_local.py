@@ -17,7 +17,7 @@ from typing import Any
 from fedllm.fl import noise
 from fedllm.fl.base import ClientContext, ClientUpdate, Federation, Transform
 from fedllm.fl.params import DPConfig
-from fedllm.fl.privacy import GUARANTEES, local_dp_epsilon
+from fedllm.fl.privacy import GUARANTEES, largest_certifiable, local_dp_epsilon
 from fedllm.fl.registries import TRANSFORMS
 from fedllm.fl.state import State
 from fedllm.fl.transforms.clip import clip_to_norm
@@ -27,8 +27,10 @@ from fedllm.seeding import derive_seed
 def calibrate_local(target: float, delta: float, releases: int, accountant: str) -> float:
     """The smallest z (to 0.1%) whose ε after ``releases`` releases is at most ``target``."""
     lo, hi = 1e-3, 1e5
-    if local_dp_epsilon(hi, releases, delta, accountant) > target:
-        raise ValueError(f"no noise multiplier up to {hi:g} reaches ε = {target:g} over {releases} releases at δ = {delta:g}")
+    hi, floor = largest_certifiable(lambda z: local_dp_epsilon(z, releases, delta, accountant), lo, hi)
+    if floor > target:
+        raise ValueError(f"target ε = {target:g} is unreachable: the smallest ε the {accountant} accountant certifies "
+                         f"over {releases} releases at δ = {delta:g} is {floor:.4g} (at z = {hi:g})")
     while hi / lo > 1.001:
         mid = (lo * hi) ** 0.5
         if local_dp_epsilon(mid, releases, delta, accountant) <= target:
