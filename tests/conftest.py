@@ -65,3 +65,36 @@ def bench_file(tmp_path: Path) -> Path:
     path = tmp_path / "fed.json"
     path.write_text(json.dumps(synthetic_records()))
     return path
+
+
+def run_sim(cfg: RunConfig, resume: bool = False, dataset: FederatedDataset | None = None, **kw):
+    """A quiet simulation of ``cfg`` on the synthetic federation with the held-out evaluator: (sim, summary)."""
+    from fedllm.engine.progress import Reporter
+    from fedllm.engine.simulation import Simulation
+    from fedllm.eval.heldout import HeldoutEvaluator
+
+    sim = Simulation(cfg, dataset=dataset or synthetic_federation(), reporter=Reporter(quiet=True),
+                     evaluator=HeldoutEvaluator.from_config(cfg.eval), **kw)
+    return sim, sim.run(resume=resume)
+
+
+class Killed(Exception):
+    """Raised where a test makes a run die, as a kill would."""
+
+
+def kill_in_round(monkeypatch: pytest.MonkeyPatch, cfg: RunConfig, round_no: int, **kw) -> None:
+    """Run ``cfg`` and die as round ``round_no`` (1-based) sends its first instruction."""
+    from fedllm.engine.transport import InProcessTransport
+
+    original = InProcessTransport.run
+
+    def dying(self, instructions):
+        for ins in instructions:
+            if ins.round + 1 == round_no:
+                raise Killed()
+            yield from original(self, [ins])
+
+    with monkeypatch.context() as m:
+        m.setattr(InProcessTransport, "run", dying)
+        with pytest.raises(Killed):
+            run_sim(cfg, **kw)

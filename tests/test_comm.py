@@ -10,17 +10,10 @@ from fedllm.engine.messages import ZSTD_MAGIC, Instruction, Reply
 from fedllm.engine.metrics import read_metrics
 from fedllm.engine.progress import Reporter
 from fedllm.engine.simulation import Simulation
-from fedllm.engine.transport import InProcessTransport
-from fedllm.eval.heldout import HeldoutEvaluator
 from fedllm.fl import ClientUpdate
 from fedllm.fl.codec import WireSpec, error_bound
-from tests.conftest import synthetic_federation, tiny_config
-
-
-def run(cfg, resume=False):
-    sim = Simulation(cfg, dataset=synthetic_federation(), reporter=Reporter(quiet=True),
-                     evaluator=HeldoutEvaluator.from_config(cfg.eval))
-    return sim, sim.run(resume=resume)
+from tests.conftest import kill_in_round, synthetic_federation, tiny_config
+from tests.conftest import run_sim as run
 
 
 def test_a_reply_travels_as_int8_and_zstd_and_decodes_within_the_bound():
@@ -69,21 +62,7 @@ def test_compressed_run_resumes_bit_identically(tmp_path, monkeypatch):
     fl = {"rounds": 4}
     ref, _ = run(tiny_config(tmp_path / "ref", fl=fl, comm=COMM))
     cfg = tiny_config(tmp_path / "k", fl=fl, comm=COMM)
-    original = InProcessTransport.run
-
-    class Killed(Exception):
-        pass
-
-    def dying(self, instructions):
-        for ins in instructions:
-            if ins.round == 2 and ins.client_id != "never":
-                raise Killed()
-            yield from original(self, [ins])
-
-    with monkeypatch.context() as m:
-        m.setattr(InProcessTransport, "run", dying)
-        with pytest.raises(Killed):
-            run(cfg)
+    kill_in_round(monkeypatch, cfg, 3)
     got, _ = run(cfg, resume=True)
     assert all(torch.equal(got.final_state[k], ref.final_state[k]) for k in ref.final_state)
 

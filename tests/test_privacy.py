@@ -10,10 +10,7 @@ import torch
 
 from fedllm.config import ConfigError, build_config
 from fedllm.engine.metrics import read_metrics
-from fedllm.engine.progress import Reporter
-from fedllm.engine.simulation import RunError, Simulation
-from fedllm.engine.transport import InProcessTransport
-from fedllm.eval.heldout import HeldoutEvaluator
+from fedllm.engine.simulation import RunError
 from fedllm.fl import ClientContext, ClientUpdate, Federation, FLParams, build_algorithm
 from fedllm.fl import state as S
 from fedllm.fl.privacy import DpFedAvgAccounting, fedllm_bench_sigma, local_dp_epsilon
@@ -21,7 +18,8 @@ from fedllm.fl.registries import TRANSFORMS
 from fedllm.models.adapters import load_adapter_state
 from fedllm.seeding import derive_seed
 from safetensors.torch import load_file
-from tests.conftest import synthetic_federation, tiny_config
+from tests.conftest import kill_in_round, tiny_config
+from tests.conftest import run_sim as run
 
 FED = Federation(num_clients=10, clients_per_round=4, rounds=20, total_samples=500, lr=0.01, seed=3)
 
@@ -149,12 +147,6 @@ def test_an_epsilon_the_accountant_cannot_certify_is_never_reported():
                         Federation(num_clients=23, clients_per_round=2, rounds=8))
 
 
-def run(cfg, resume=False, **kw):
-    sim = Simulation(cfg, dataset=synthetic_federation(), reporter=Reporter(quiet=True),
-                     evaluator=HeldoutEvaluator.from_config(cfg.eval), **kw)
-    return sim, sim.run(resume=resume)
-
-
 def test_an_unreachable_target_or_a_wrong_accountant_stops_the_run_before_it_writes(tmp_path):
     cfg = tiny_config(tmp_path, fl={"dp": {"mode": "dp-fedavg", "epsilon": 1e-9}})
     with pytest.raises(RunError, match=r"fl.dp.epsilon=1e-09: target_epsilon=1e-09 is unreachable"):
@@ -183,21 +175,7 @@ def test_private_run_resumes_bit_identically_with_the_same_epsilon(tmp_path, mon
     fl = {"rounds": 3, "clients_per_round": 3, **DP_RUNS[name]}
     ref_sim, ref = run(tiny_config(tmp_path / "ref", fl=fl))
     cfg = tiny_config(tmp_path / "k", fl=fl)
-    original = InProcessTransport.run
-
-    class Killed(Exception):
-        pass
-
-    def dying(self, instructions):
-        for ins in instructions:
-            if ins.round == 2:
-                raise Killed()
-            yield from original(self, [ins])
-
-    with monkeypatch.context() as m:
-        m.setattr(InProcessTransport, "run", dying)
-        with pytest.raises(Killed):
-            run(cfg)
+    kill_in_round(monkeypatch, cfg, 3)
     sim, summary = run(cfg, resume=True)
     assert all(torch.equal(sim.final_state[k], ref_sim.final_state[k]) for k in ref_sim.final_state)
     assert summary["privacy"] == ref["privacy"]

@@ -23,15 +23,10 @@ from fedllm.engine.simulation import RunError, Simulation
 from fedllm.engine.transport import InProcessTransport
 from fedllm.eval.heldout import HeldoutEvaluator
 from fedllm.models.adapters import load_adapter_state
-from tests.conftest import synthetic_federation, tiny_config
+from tests.conftest import kill_in_round, synthetic_federation, tiny_config
+from tests.conftest import run_sim as run
 
 runner = CliRunner()
-
-
-def run(cfg, resume=False, dataset=None, **kw):
-    sim = Simulation(cfg, dataset=dataset or synthetic_federation(), reporter=Reporter(quiet=True),
-                     evaluator=HeldoutEvaluator.from_config(cfg.eval), **kw)
-    return sim, sim.run(resume=resume)
 
 
 def strict_json(text: str):
@@ -156,26 +151,6 @@ def test_disk_full_and_read_only_output_are_clear_and_lose_nothing(tmp_path, ben
 
 
 # ------------------------------------------------------------------ checkpoints and resume
-
-
-class Killed(Exception):
-    pass
-
-
-def kill_in_round(monkeypatch, cfg, round_no: int):
-    """Run ``cfg`` and raise inside round ``round_no`` (1-based) as if the process died there."""
-    original = InProcessTransport.run
-
-    def dying(self, instructions):
-        for ins in instructions:
-            if ins.round + 1 == round_no:
-                raise Killed()
-            yield from original(self, [ins])
-
-    with monkeypatch.context() as m:
-        m.setattr(InProcessTransport, "run", dying)
-        with pytest.raises(Killed):
-            run(cfg)
 
 
 def test_damaged_newest_checkpoint_falls_back_to_an_older_one(tmp_path, monkeypatch):
