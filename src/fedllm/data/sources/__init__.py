@@ -146,3 +146,4 @@ from fedllm.data.sources import fed_chatbot_it as fed_chatbot_it  # noqa: E402,F
 from fedllm.data.sources import fed_chatbot_pa as fed_chatbot_pa  # noqa: E402,F401
 from fedllm.data.sources import fed_wildchat as fed_wildchat  # noqa: E402,F401
 from fedllm.data.sources import fs_llm as fs_llm  # noqa: E402,F401
+from fedllm.data.sources import fed_pycode_pa as fed_pycode_pa  # noqa: E402,F401
