@@ -66,10 +66,11 @@ def test_preference_features_pack_and_unpack_exactly(tok):
 
     template = get_template("chat", tok)
     pairs = [PreferenceSample((Message("user", f"q{i}?"),), f"good {i}" * i, f"bad {i}") for i in range(3)]
-    enc = Encoded([encode_preference(p, template, tok, 64) for p in pairs], dropped=2)
+    enc = Encoded([encode_preference(p, template, tok, 64) for p in pairs], {"identical": 2})
     back = unpack(*pack(enc))
-    assert back.features == enc.features and back.dropped == 2
-    assert unpack(*pack(Encoded([], dropped=5))).features == [] and unpack(*pack(Encoded([], 5))).dropped == 5
+    assert back.features == enc.features and back.reasons == {"identical": 2}
+    empty = unpack(*pack(Encoded([], {"truncated": 5})))
+    assert empty.features == [] and empty.dropped == 5
 
 
 def test_an_unwritable_cache_still_encodes(tmp_path, tok):

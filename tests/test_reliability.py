@@ -278,8 +278,11 @@ def test_samples_truncated_to_nothing_are_dropped_and_counted(tmp_path):
     sim, summary = run(cfg, dataset=truncation_federation())
     events = read_metrics(cfg.run_dir / "metrics.jsonl")
     setup = events[0]
-    assert setup["truncated_samples"] == {"user1": 6, "user2": 5}
-    assert set(setup["excluded"]) == {"user2"} and "all 5 training samples lose every loss token" in setup["excluded"]["user2"]
+    assert setup["dropped_samples"] == {"user1": 6, "user2": 5}
+    assert setup["drop_reasons"] == {"no loss token left after truncation": 11}
+    assert set(setup["excluded"]) == {"user2"}
+    assert "all 5 training samples are unusable at data.max_length=64 (no loss token left after truncation)" in \
+        setup["excluded"]["user2"]
     assert summary["excluded_clients"] == setup["excluded"] and setup["participants"] == 2
     clients = [e for e in events if e["event"] == "client"]
     assert {c["client"] for c in clients} == {"user0", "user1"}  # user2 is never sampled

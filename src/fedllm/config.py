@@ -91,7 +91,11 @@ class FLConfig(FLParams):
 
 
 class TrainConfig(_Section):
-    objective: str = "sft"
+    objective: str = Field("sft", description="sft (instruction data) or dpo (preference pairs)")
+    beta: float = Field(0.1, gt=0, description="DPO's β: the scale of the implicit reward (TRL's and FedLLM-Bench's 0.1)")
+    reference: Literal["base", "round_start"] = Field(
+        "base", description="DPO's reference policy: the base model with the adapter disabled (FedLLM-Bench), or the "
+                            "adapter the client received this round (TRL ≥ 1.0 with a PeftModel)")
     optimizer: str = Field("adamw", description="local optimizer, fresh every round: adamw, sgd or sgdm "
                                                 "(SCAFFOLD as published uses sgd)")
     momentum: float = Field(0.9, ge=0, lt=1, description="momentum of the sgdm local optimizer")
@@ -188,12 +192,21 @@ class RunConfig(_Section):
         """Whether LoRA's A is frozen (FFA-LoRA): as set, or by default under differential privacy."""
         return self.lora.freeze_a if self.lora.freeze_a is not None else self.fl.dp is not None
 
+    def objective_options(self) -> dict[str, Any]:
+        """The train.* settings the objective reads (DPO: beta and reference; SFT: none)."""
+        from fedllm.train.objectives import OBJECTIVES
+
+        return {k: getattr(self.train, k) for k in OBJECTIVES[self.train.objective].options}
+
     def warnings(self) -> list[str]:
         """Settings that have no effect with the rest of this configuration (one line each)."""
         from fedllm.fl import ignored_params
 
         out = ignored_params(self.fl)
         defaults = TrainConfig()
+        for key in ("beta", "reference"):
+            if key not in self.objective_options() and getattr(self.train, key) != getattr(defaults, key):
+                out.append(f"train.{key}={getattr(self.train, key)} is ignored by train.objective={self.train.objective}")
         if self.train.optimizer != "sgdm" and self.train.momentum != defaults.momentum:
             out.append(f"train.momentum={self.train.momentum} is ignored by train.optimizer={self.train.optimizer}")
         if self.train.local_steps != "dynamic" and self.train.epochs != defaults.epochs:

@@ -35,11 +35,26 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "train_seconds": s.get("train_seconds", math.nan),
             **{k: (s.get("cost") or {}).get(k) for k in ("seconds_per_step", "tokens_per_s", "train_flops", "bytes_up")},
             "peak_rss_mb": s.get("peak_rss_mb"), "privacy": s.get("privacy"),
+            "reward_accuracy": final.get("reward_accuracy"), "margin": final.get("margin"),
         })
     return rows
 
 
-def plot_heldout(runs: list[dict[str, Any]], out: Path, title: str = "Held-out loss (all clients' test data)") -> Path:
+def print_history(runs: list[dict[str, Any]], metric: str, title: str, console: Console) -> None:
+    """One row per evaluation round, one column per run: how a held-out number moved."""
+    table = Table(title=title)
+    table.add_column("round", justify="right")
+    for run in runs:
+        table.add_column(run["summary"]["name"], justify="right")
+    rounds = sorted({e["round"] for run in runs for e in run["evals"]})
+    for r in rounds:
+        table.add_row(str(r), *(_num(next((e.get(metric) for e in run["evals"] if e["round"] == r), None), 1, 3)
+                                for run in runs))
+    console.print(table)
+
+
+def plot_heldout(runs: list[dict[str, Any]], out: Path, title: str = "Held-out loss (all clients' test data)",
+                 metric: str = "pooled_loss") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,10 +65,11 @@ def plot_heldout(runs: list[dict[str, Any]], out: Path, title: str = "Held-out l
         ev = run["evals"]
         if ev:
             name, alg = run["summary"]["name"], run["summary"]["algorithm"]
-            ax.plot([e["round"] for e in ev], [e["pooled_loss"] for e in ev], marker="o",
+            ax.plot([e["round"] for e in ev], [e.get(metric) for e in ev], marker="o",
                     label=name if name == alg else f"{name} ({alg})")
     ax.set_xlabel("round")
-    ax.set_ylabel("held-out loss (token-weighted, pooled)")
+    ax.set_ylabel({"pooled_loss": "held-out loss (token-weighted, pooled)",
+                   "reward_accuracy": "held-out reward accuracy (pooled)"}.get(metric, metric))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -76,12 +92,23 @@ def _num(v: Any, scale: float, digits: int) -> str:
 def print_comparison(rows: list[dict[str, Any]], console: Console, title: str = "Held-out evaluation") -> None:
     """loss/ppl: token-weighted over all clients' test data; client mean: mean of per-client losses;
     own client: the Local baseline's loss on its own client's test data."""
-    table = Table(title=title, caption="loss, ppl: pooled over all clients' test tokens; own client: Local on its own test data")
-    for col in ("run", "method", "rounds", "loss", "ppl", "client mean", "own client", "train s"):
-        table.add_column(col, justify="right" if col not in ("run", "method") else "left")
+    prefs = any(r.get("reward_accuracy") is not None for r in rows)
+    if prefs:  # DPO: no perplexity; the reward statistics instead
+        caption = ("loss: DPO loss pooled over all clients' test pairs; reward acc: share of pairs whose chosen "
+                   "reply gets the higher reward; own client: Local on its own test data")
+        cols = {"run": "run", "algorithm": "method", "rounds": "rounds", "heldout_loss": "loss",
+                "reward_accuracy": "reward acc", "margin": "margin", "own_loss": "own client", "train_seconds": "train s"}
+    else:
+        caption = "loss, ppl: pooled over all clients' test tokens; own client: Local on its own test data"
+        cols = {"run": "run", "algorithm": "method", "rounds": "rounds", "heldout_loss": "loss", "heldout_ppl": "ppl",
+                "client_mean_loss": "client mean", "own_loss": "own client", "train_seconds": "train s"}
+    digits = {"heldout_loss": 4, "heldout_ppl": 2, "client_mean_loss": 4, "own_loss": 4, "train_seconds": 0,
+              "reward_accuracy": 3, "margin": 3}
+    table = Table(title=title, caption=caption)
+    for key, col in cols.items():
+        table.add_column(col, justify="left" if key in ("run", "algorithm") else "right")
     for r in rows:
-        table.add_row(r["run"], r["algorithm"], str(r["rounds"]), _num(r["heldout_loss"], 1, 4), _num(r["heldout_ppl"], 1, 2),
-                      _num(r["client_mean_loss"], 1, 4), _num(r.get("own_loss"), 1, 4), _num(r["train_seconds"], 1, 0))
+        table.add_row(*(str(r[k]) if k not in digits else _num(r.get(k), 1, digits[k]) for k in cols))
     console.print(table)
     private = [r for r in rows if r.get("privacy")]
     if private:

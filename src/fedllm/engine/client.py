@@ -21,7 +21,7 @@ from fedllm.models.adapters import AdapterSlot
 from fedllm.models.precision import Precision
 from fedllm.seeding import derive_seed
 from fedllm.train.batching import draw_round_batches, dynamic_local_steps
-from fedllm.train.cost import ModelShape, peak_memory_mb, train_flops
+from fedllm.train.cost import ModelShape, peak_memory_mb
 from fedllm.train.local import LocalTrainer, StepInfo
 from fedllm.train.encoding_cache import EncodingCache
 from fedllm.train.task import Encoded, Task
@@ -79,8 +79,8 @@ def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
     tr = local_training(ins.train)
     enc = rt.encode(data.train)
     if not enc.features:
-        raise ClientError(f"client {cid!r} has no trainable sample ({enc.dropped} lose every loss token at "
-                          f"max_length {rt.task.max_length})")
+        why = ", ".join(f"{n}: {reason}" for reason, n in sorted(enc.reasons.items()))
+        raise ClientError(f"client {cid!r} has no trainable sample at max_length {rt.task.max_length} ({why})")
     k = num_local_steps(tr, len(enc))
     steps = draw_round_batches([rt.task.objective.length(f) for f in enc.features], k, tr["batch_size"],
                                tr["grad_accum"], derive_seed(ins.seed, "batches", ins.round, cid), tr["group_by_length"])
@@ -90,10 +90,10 @@ def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
     torch.manual_seed(derive_seed(ins.seed, "torch", ins.round, cid))  # LoRA dropout
     trainer = LocalTrainer(rt.slot, rt.task.objective, rt.precision, rt.task.pad_id, weight_decay=tr["weight_decay"],
                            max_grad_norm=tr["max_grad_norm"], optimizer=tr["optimizer"], momentum=tr["momentum"])
-    step_log: list[list[float]] = []
+    step_log: list[dict[str, float]] = []
 
     def record(info: StepInfo) -> None:
-        step_log.append([info.loss, info.tokens, info.seconds])
+        step_log.append({"loss": info.loss, "tokens": info.tokens, "seconds": info.seconds, **info.stats})
         if on_step is not None:
             on_step(cid, info)
 
@@ -108,10 +108,10 @@ def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
     for spec in ins.transforms:
         delta = TRANSFORMS.lookup(spec["name"]).on_client({k: v for k, v in spec.items() if k != "name"}, delta, ctx)
     metrics = {
-        "loss": res.loss, "steps": res.num_steps, "samples": res.num_seen, "tokens": res.num_tokens,
+        "loss": res.loss, **res.stats, "steps": res.num_steps, "samples": res.num_seen, "tokens": res.num_tokens,
         "seconds": res.seconds, "tokens_per_s": res.num_tokens / max(res.seconds, 1e-9),
-        "seconds_per_step": res.seconds / max(res.num_steps, 1), "labelled_tokens": res.num_units,
-        "flops": train_flops(rt.shape, res.num_tokens, res.num_units), "dropped_samples": enc.dropped,
+        "seconds_per_step": res.seconds / max(res.num_steps, 1), "labelled_tokens": res.num_labelled,
+        "flops": rt.task.objective.flops(rt.shape, res.num_tokens, res.num_labelled), "dropped_samples": enc.dropped,
         **peak_memory_mb(rt.precision.device), "step_log": step_log,
     }
     update = ClientUpdate(client_id=cid, delta=delta, num_samples=len(enc), num_seen=res.num_seen,

@@ -59,6 +59,8 @@ class Reporter:
         """One line per evaluation: the held-out losses if the evaluator gave them, else every number."""
         if "pooled_loss" in row:
             text = f"held-out loss {row['pooled_loss']:.4f} (pooled), {row.get('mean_client_loss', float('nan')):.4f} (client mean)"
+            if "reward_accuracy" in row:
+                text += f", reward accuracy {row['reward_accuracy']:.3f}, margin {row['margin']:.4f}"
         else:
             text = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "seconds")
         self.info(f"  [cyan]eval[/] after round {round_done}: {text}")

@@ -45,7 +45,7 @@ from fedllm.seeding import derive_seed
 from fedllm.train.cost import peak_memory_mb
 from fedllm.train.local import StepInfo
 from fedllm.train.encoding_cache import EncodingCache
-from fedllm.train.task import Task
+from fedllm.train.task import Task, WrongKind
 
 __all__ = ["Evaluator", "RunError", "Session", "Simulation", "cosine_lr"]
 
@@ -118,9 +118,10 @@ class Simulation:
         self.session.check(cfg)
         self.slot = self.session.slot
         base = self.session.base
-        self.task = Task.create(cfg.train.objective, cfg.data.template, base.tokenizer, cfg.data.max_length)
+        self.task = Task.create(cfg.train.objective, cfg.data.template, base.tokenizer, cfg.data.max_length,
+                                **cfg.objective_options())
         self.encodings = EncodingCache(cache_root() / "encodings", self.task)
-        self.truncated, self.excluded = self._scan_clients()
+        self.dropped, self.excluded = self._scan_clients()
         eligible = [c for c in self.client_ids if c not in self.excluded]
         self.warnings = cfg.warnings()
         federation = Federation(num_clients=max(len(eligible), 1), clients_per_round=cfg.fl.clients_per_round,
@@ -157,19 +158,25 @@ class Simulation:
     def _scan_clients(self) -> tuple[dict[str, int], dict[str, str]]:
         """One pass over the clients: samples truncated to nothing, and clients left with none (the
         encodings are cached, so the client rounds do not tokenize again)."""
-        truncated, excluded = {}, {}
+        dropped, excluded = {}, {}
+        self.drop_reasons: dict[str, int] = {}
         self.trainable_samples = 0
         for cid in self.client_ids:
             client = self.dataset[cid]
-            enc = self.encodings.encode(client.train)
+            try:
+                enc = self.encodings.encode(client.train)
+            except WrongKind as e:
+                raise RunError(f"{self.cfg.data.dataset}: {e}") from None
             self.trainable_samples += len(enc)
             if enc.dropped:
-                truncated[cid] = enc.dropped
+                dropped[cid] = enc.dropped
+                for why, n in enc.reasons.items():
+                    self.drop_reasons[why] = self.drop_reasons.get(why, 0) + n
             if not enc.features:
                 excluded[cid] = ("no training samples" if not client.train else
-                                 f"all {enc.dropped} training samples lose every loss token at data.max_length="
-                                 f"{self.cfg.data.max_length}")
-        return truncated, excluded
+                                 f"all {enc.dropped} training samples are unusable at data.max_length="
+                                 f"{self.cfg.data.max_length} ({', '.join(sorted(enc.reasons))})")
+        return dropped, excluded
 
     def _excluded_note(self) -> str:
         return f" ({len(self.excluded)} of {len(self.client_ids)} have no trainable sample)" if self.excluded else ""
@@ -252,17 +259,18 @@ class Simulation:
             self._write(CONFIG, dump_config(cfg))
             global_state = initial
             metrics.write("setup", clients=len(self.client_ids), participants=len(self.participants),
-                          excluded=self.excluded, truncated_samples=self.truncated,
+                          excluded=self.excluded, dropped_samples=self.dropped, drop_reasons=self.drop_reasons,
                           algorithm=self.algorithm.describe(), warnings=self.warnings,
                           adapter_parameters=self.slot.num_parameters(), adapter_bytes=self.adapter_bytes,
                           ffa_lora=bool(self.slot.frozen),
                           body_parameters=self.runtime.shape.body_params,
                           precision=self.session.base.precision.name, device=str(self.session.base.device),
                           setup_seconds=self.setup_seconds)
-            if self.truncated:
-                self.reporter.info(f"  {sum(self.truncated.values())} training samples of {len(self.truncated)} clients keep "
-                                   f"no loss token at data.max_length={cfg.data.max_length} and are left out "
-                                   f"(per client: the setup event in {METRICS})")
+            if self.dropped:
+                why = "; ".join(f"{n}: {reason}" for reason, n in sorted(self.drop_reasons.items()))
+                self.reporter.info(f"  {sum(self.dropped.values())} training samples of {len(self.dropped)} clients "
+                                   f"are left out at data.max_length={cfg.data.max_length} ({why}; per client: the "
+                                   f"setup event in {METRICS})")
             for cid, why in self.excluded.items():
                 self.reporter.warn(f"client {cid} is left out of sampling: {why}")
             if (dp := self.algorithm.report().get("dp")) is not None:
@@ -379,9 +387,8 @@ class Simulation:
 
     def _log_client(self, r: int, ex: Exchange, metrics: MetricsLog) -> None:
         m, u = dict(ex.reply.metrics), ex.reply.update
-        for s, (loss, tokens, seconds) in enumerate(m.pop("step_log", [])):
-            metrics.write("step", round=r + 1, client=u.client_id, step=s + 1, loss=loss, lr=u.lr, tokens=tokens,
-                          seconds=seconds)
+        for s, step in enumerate(m.pop("step_log", [])):
+            metrics.write("step", round=r + 1, client=u.client_id, step=s + 1, lr=u.lr, **step)
         metrics.write("client", round=r + 1, client=u.client_id, lr=u.lr, **m, bytes_up=ex.bytes_up,
                       bytes_down=ex.bytes_down)
 

@@ -18,46 +18,59 @@ from fedllm.train.task import Task
 
 @dataclass
 class HeldoutResult:
-    per_client: dict[str, dict[str, float]] = field(default_factory=dict)  # id -> {loss, tokens}
-    pooled_loss: float = float("nan")  # token-weighted over all clients
+    per_client: dict[str, dict[str, float]] = field(default_factory=dict)  # id -> {loss, tokens, stats…}
+    pooled_loss: float = float("nan")  # weighted by loss units (tokens for SFT, pairs for DPO) over all clients
     mean_client_loss: float = float("nan")  # unweighted mean of per-client losses
+    stats: dict[str, float] = field(default_factory=dict)  # the objective's statistics, pooled (DPO: reward accuracy …)
+    perplexity: bool = True  # whether exp(loss) is a perplexity
 
     @property
-    def pooled_ppl(self) -> float:
+    def pooled_ppl(self) -> float | None:
+        if not self.perplexity:
+            return None
         return math.exp(self.pooled_loss) if math.isfinite(self.pooled_loss) else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {"pooled_loss": self.pooled_loss, "pooled_ppl": self.pooled_ppl,
-                "mean_client_loss": self.mean_client_loss, "per_client": self.per_client}
+                "mean_client_loss": self.mean_client_loss, **self.stats, "per_client": self.per_client}
 
 
 @torch.no_grad()
 def evaluate_heldout(model: Any, objective: Objective, features: dict[str, list[dict[str, Any]]], pad_id: int,
                      precision: Precision, batch_size: int = 8) -> HeldoutResult:
-    """Token-level loss of ``model`` on every client's encoded test features."""
+    """The objective's loss (and statistics) of ``model`` on every client's encoded test features."""
     was_training = model.training
     model.eval()
-    out = HeldoutResult()
+    out = HeldoutResult(perplexity=objective.perplexity)
     total_loss, total_units = 0.0, 0
+    totals: dict[str, float] = {}
     try:
         for cid, feats in features.items():
+            objective.begin_eval(model, feats, pad_id, precision, batch_size)
             order = sorted(range(len(feats)), key=lambda i: objective.length(feats[i]))
             c_loss, c_units = 0.0, 0
+            c_stats: dict[str, float] = {}
             for j in range(0, len(order), batch_size):
                 batch = to_device(objective.collate([feats[i] for i in order[j:j + batch_size]], pad_id), precision.device)
                 with precision.autocast():
-                    loss_sum, units = objective.loss_sum(model, batch)
+                    loss_sum, units, stats = objective.loss_stats(model, batch)
                 c_loss += float(loss_sum)
                 c_units += units
+                for k, v in stats.items():
+                    c_stats[k] = c_stats.get(k, 0.0) + v
             if c_units:
-                out.per_client[cid] = {"loss": c_loss / c_units, "tokens": c_units}
+                out.per_client[cid] = {"loss": c_loss / c_units, "tokens": c_units,
+                                       **{k: v / c_units for k, v in c_stats.items()}}
                 total_loss += c_loss
                 total_units += c_units
+                for k, v in c_stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
     finally:
         model.train(was_training)
     if total_units:
         out.pooled_loss = total_loss / total_units
         out.mean_client_loss = sum(v["loss"] for v in out.per_client.values()) / len(out.per_client)
+        out.stats = {k: v / total_units for k, v in totals.items()}
     return out
 
 

@@ -10,6 +10,7 @@ of all values plus offsets, each integer key as one array; reading gives back ex
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ def pack(enc: Encoded) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors[f"{key}.values"] = torch.tensor([x for v in column for x in v], dtype=torch.int64)
         else:
             tensors[key] = torch.tensor(column, dtype=torch.int64)
-    return tensors, {"dropped": str(enc.dropped), "count": str(len(enc.features)), "keys": ",".join(keys)}
+    return tensors, {"reasons": json.dumps(enc.reasons), "count": str(len(enc.features)), "keys": ",".join(keys)}
 
 
 def unpack(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Encoded:
@@ -54,7 +55,7 @@ def unpack(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Encoded:
             columns[key] = [values[offsets[i]:offsets[i + 1]] for i in range(n)]
         else:
             columns[key] = tensors[key].tolist()
-    return Encoded([{k: col[i] for k, col in columns.items()} for i in range(n)], int(meta["dropped"]))
+    return Encoded([{k: col[i] for k, col in columns.items()} for i in range(n)], json.loads(meta["reasons"]))
 
 
 class EncodingCache:

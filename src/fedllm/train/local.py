@@ -30,8 +30,10 @@ class LocalResult:
     num_tokens: int  # input tokens processed (padding excluded)
     loss: float  # mean training loss over the round, weighted by loss units
     seconds: float
-    num_units: int = 0  # loss units (labelled tokens for SFT): where the LM head runs
+    num_units: int = 0  # loss units (labelled tokens for SFT, pairs for DPO)
+    num_labelled: int = 0  # tokens where the LM head ran
     step_losses: list[float] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)  # the objective's statistics, means over the units
 
 
 @dataclass
@@ -41,6 +43,7 @@ class StepInfo:
     tokens: int
     seconds: float
     total: int = 0  # steps in this round
+    stats: dict[str, float] = field(default_factory=dict)  # the objective's statistics, means over the step's units
 
 
 LOCAL_OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("local optimizer")
@@ -86,22 +89,31 @@ class LocalTrainer:
         model.train()
         opt = self.make_optimizer(plist, lr, self.weight_decay, self.momentum)
         t0 = time.perf_counter()
+        obj = self.objective
+        used = [i for micro in steps for mb in micro for i in mb]
+        obj.begin_round(model, features, used, self.pad_id, self.precision,
+                        max((len(mb) for micro in steps for mb in micro), default=1))
         total_loss, total_units, seen, tokens = 0.0, 0, 0, 0
+        labelled = sum(obj.labelled(features[i]) for i in used)
         step_losses: list[float] = []
+        totals: dict[str, float] = {}
         for s, micro_batches in enumerate(steps):
             ts = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            units = sum(self.objective.units(features[i]) for mb in micro_batches for i in mb)
+            units = sum(obj.units(features[i]) for mb in micro_batches for i in mb)
             denom = max(units, 1)
             step_loss, step_tokens = 0.0, 0
+            step_stats: dict[str, float] = {}
             for mb in micro_batches:
-                batch = to_device(self.objective.collate([features[i] for i in mb], self.pad_id), self.precision.device)
+                batch = to_device(obj.collate([features[i] for i in mb], self.pad_id), self.precision.device)
                 with self.precision.autocast():
-                    loss_sum, _ = self.objective.loss_sum(model, batch)
+                    loss_sum, _, stats = obj.loss_stats(model, batch)
                 (loss_sum / denom).backward()
                 step_loss += float(loss_sum.detach())
-                step_tokens += int(batch["attention_mask"].sum())
+                step_tokens += obj.tokens(batch)
                 seen += len(mb)
+                for k, v in stats.items():
+                    step_stats[k] = step_stats.get(k, 0.0) + v
             extra = hooks.loss_term(params)
             if extra is not None:
                 extra.backward()
@@ -115,9 +127,13 @@ class LocalTrainer:
             total_units += units
             tokens += step_tokens
             step_losses.append(step_loss / denom)
+            for k, v in step_stats.items():
+                totals[k] = totals.get(k, 0.0) + v
             if on_step is not None:
-                on_step(StepInfo(s, step_losses[-1], step_tokens, time.perf_counter() - ts, len(steps)))
+                on_step(StepInfo(s, step_losses[-1], step_tokens, time.perf_counter() - ts, len(steps),
+                                 {k: v / denom for k, v in step_stats.items()}))
         opt.zero_grad(set_to_none=True)
         return LocalResult(state=self.slot.read(), num_steps=len(steps), num_seen=seen, num_tokens=tokens,
                            loss=total_loss / max(total_units, 1), seconds=time.perf_counter() - t0,
-                           num_units=total_units, step_losses=step_losses)
+                           num_units=total_units, num_labelled=labelled, step_losses=step_losses,
+                           stats={k: v / max(total_units, 1) for k, v in totals.items()})

@@ -15,6 +15,7 @@ from torch import Tensor
 from fedllm.data.formatting import collate, encode_sft
 from fedllm.data.schema import InstructionSample, Sample
 from fedllm.registry import Registry
+from fedllm.train.cost import ModelShape, train_flops
 
 
 def _backbone_and_head(model: Any) -> tuple[Any, Any] | None:
@@ -54,11 +55,24 @@ def token_loss_sum(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
 
 
 class Objective:
+    """How samples of one kind become features and how a batch becomes a summed loss. The trainer,
+    the engine's cost accounting and evaluation ask the objective, never assume SFT."""
+
     name: ClassVar[str] = ""
     sample_type: ClassVar[type] = object
+    #: whether exp(mean loss) is a perplexity (token-level losses)
+    perplexity: ClassVar[bool] = True
+    #: why a sample whose loss units were all cut by truncation is dropped
+    truncated: ClassVar[str] = "no loss token left after truncation"
+    #: the ``train.*`` settings passed to the constructor
+    options: ClassVar[tuple[str, ...]] = ()
 
     def encode(self, sample: Sample, template: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
         raise NotImplementedError
+
+    def unusable(self, sample: Sample) -> str | None:
+        """Why ``sample`` cannot train before it is even encoded (None: it can)."""
+        return None
 
     def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -66,6 +80,19 @@ class Objective:
     def loss_sum(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
         """(summed loss, number of loss units): the trainer divides by the units of a whole step."""
         raise NotImplementedError
+
+    def loss_stats(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int, dict[str, float]]:
+        """``loss_sum`` plus statistics summed over the units (e.g. DPO's reward accuracy)."""
+        loss, units = self.loss_sum(model, batch)
+        return loss, units, {}
+
+    def begin_round(self, model: Any, features: list[dict[str, Any]], indices: list[int], pad_id: int,
+                    precision: Any, batch_size: int) -> None:
+        """Before a client's round of training on ``features[indices]`` (DPO: its reference log-probs)."""
+
+    def begin_eval(self, model: Any, features: list[dict[str, Any]], pad_id: int, precision: Any,
+                   batch_size: int) -> None:
+        """Before evaluating ``features`` (DPO: the base model's log-probs, once: they never change)."""
 
     @staticmethod
     def length(feature: dict[str, Any]) -> int:
@@ -75,6 +102,20 @@ class Objective:
     def units(feature: dict[str, Any]) -> int:
         """Loss units a feature contributes (labelled tokens for SFT)."""
         return int(feature["num_trainable"])
+
+    @staticmethod
+    def labelled(feature: dict[str, Any]) -> int:
+        """Tokens where the LM head runs (what the FLOPs estimate counts at 6·d·V)."""
+        return int(feature["num_trainable"])
+
+    @staticmethod
+    def tokens(batch: dict[str, Tensor]) -> int:
+        """Input tokens a batch processes (padding excluded)."""
+        return int(batch["attention_mask"].sum())
+
+    def flops(self, shape: ModelShape, tokens: int, labelled: int) -> float:
+        """Estimated FLOPs of training on ``tokens`` input tokens, ``labelled`` of them under the head."""
+        return train_flops(shape, tokens, labelled)
 
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
@@ -86,9 +127,15 @@ def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]
     return OBJECTIVES.register(name)
 
 
-def get_objective(name: str) -> Objective:
-    """An instance of the objective registered as `name`; ValueError lists the known objectives."""
-    return OBJECTIVES.lookup(name)()
+def get_objective(name: str, **options: Any) -> Objective:
+    """An instance of the objective registered as `name` (with its options, e.g. DPO's beta);
+    ValueError lists the known objectives."""
+    return OBJECTIVES.lookup(name)(**options)
+
+
+def objective_for(sample: Sample) -> str | None:
+    """The registered objective that trains on samples of this kind (for error messages)."""
+    return next((name for name, cls in OBJECTIVES.items() if isinstance(sample, cls.sample_type)), None)
 
 
 @register_objective("sft")
@@ -98,8 +145,6 @@ class SFT(Objective):
     sample_type = InstructionSample
 
     def encode(self, sample: Sample, template: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
-        if not isinstance(sample, InstructionSample):
-            raise TypeError(f"objective 'sft' needs instruction samples, got {type(sample).__name__}; use objective 'dpo' for preference data")
         return encode_sft(sample, template, tokenizer, max_length)
 
     def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, Tensor]:
@@ -111,3 +156,8 @@ class SFT(Objective):
 
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# One import per objective beyond SFT: importing a module registers it.
+from fedllm.train import dpo as dpo  # noqa: E402,F401
+

@@ -9,6 +9,7 @@ samples, report a loss of 0 with full aggregation weight.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +20,23 @@ from fedllm.data.formatting import Template, get_template
 from fedllm.data.schema import Sample
 from fedllm.hashing import stable_hash
 from fedllm.train import objectives
-from fedllm.train.objectives import Objective, get_objective
+from fedllm.train.objectives import Objective, get_objective, objective_for
+
+
+class WrongKind(ValueError):
+    """The data holds samples of a kind the objective does not train on; the message names the one that does."""
 
 
 @dataclass
 class Encoded:
-    """Features of the samples that keep at least one loss unit, and how many were dropped."""
+    """Features of the samples that can train, and how many were dropped for which reason."""
 
     features: list[dict[str, Any]] = field(default_factory=list)
-    dropped: int = 0  # samples with no loss unit left after truncation
+    reasons: dict[str, int] = field(default_factory=dict)  # why samples were dropped -> how many
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.reasons.values())
 
     def __len__(self) -> int:
         return len(self.features)
@@ -41,8 +50,8 @@ class Task:
     max_length: int
 
     @classmethod
-    def create(cls, objective: str, template: str, tokenizer: Any, max_length: int) -> Task:
-        return cls(get_objective(objective), get_template(template, tokenizer), tokenizer, max_length)
+    def create(cls, objective: str, template: str, tokenizer: Any, max_length: int, **options: Any) -> Task:
+        return cls(get_objective(objective, **options), get_template(template, tokenizer), tokenizer, max_length)
 
     @property
     def pad_id(self) -> int:
@@ -53,7 +62,8 @@ class Task:
         tok = self.tokenizer
         backend = getattr(tok, "backend_tokenizer", None)
         definition = backend.to_str() if backend is not None else sorted(tok.get_vocab().items())
-        code = [Path(m.__file__).read_text(encoding="utf-8") for m in (formatting, schema, objectives)]
+        modules = (formatting, schema, objectives, sys.modules[type(self.objective).__module__])
+        code = [Path(m.__file__).read_text(encoding="utf-8") for m in modules]
         return stable_hash(self.objective.name, self.template.name, getattr(tok, "chat_template", None), definition,
                            tok.bos_token, tok.eos_token, tok.pad_token, self.max_length, code)
 
@@ -63,12 +73,21 @@ class Task:
         return self._fingerprint
 
     def encode(self, samples: Sequence[Sample]) -> Encoded:
-        """Encode every sample; keep those with a loss unit left after truncation."""
+        """Encode every sample; keep those the objective can train on (a loss unit left after
+        truncation, nothing that makes them unusable), counting the others by reason."""
         out = Encoded()
+        obj = self.objective
         for s in samples:
-            f = self.objective.encode(s, self.template, self.tokenizer, self.max_length)
-            if self.objective.units(f) > 0:
-                out.features.append(f)
-            else:
-                out.dropped += 1
+            if not isinstance(s, obj.sample_type):
+                fits = objective_for(s)
+                raise WrongKind(f"train.objective={obj.name} trains on {obj.sample_type.__name__}s, but the data holds "
+                                f"{type(s).__name__}s" + (f": use train.objective={fits}" if fits else ""))
+            reason = obj.unusable(s)
+            if reason is None:
+                f = obj.encode(s, self.template, self.tokenizer, self.max_length)
+                if obj.units(f) > 0:
+                    out.features.append(f)
+                    continue
+                reason = obj.truncated
+            out.reasons[reason] = out.reasons.get(reason, 0) + 1
         return out
