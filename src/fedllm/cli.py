@@ -98,13 +98,20 @@ def train(
 @app.command()
 @_friendly
 def quickstart(
-    output_dir: Path = typer.Option(Path("runs/quickstart"), help="where the two runs and the plot go"),
+    output_dir: Optional[Path] = typer.Option(None, help="where the two runs and the plot go (default runs/quickstart, "
+                                                         "or runs/quickstart-dpo)"),
+    task: str = typer.Option("sft", "--task", help="sft: instruction tuning, judged by held-out loss; dpo: preference "
+                                                   "alignment, judged by held-out reward accuracy"),
     overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides applied to both runs"),
 ) -> None:
-    """Local vs FedAvg on Fed-PyCode with the embedded model: held-out loss on every client's data."""
-    from fedllm.bench.quickstart import run_quickstart
+    """Local vs FedAvg on Fed-PyCode with the embedded model, judged on every client's held-out data."""
+    from fedllm.bench.quickstart import TASKS, run_quickstart
+    from fedllm.config import ConfigError
 
-    run_quickstart(output_dir, overrides or [], console)
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
+    out = output_dir or Path("runs/quickstart" + ("" if task == "sft" else f"-{task}"))
+    run_quickstart(out, overrides or [], console, task)
 
 
 @app.command("dp-sweep")

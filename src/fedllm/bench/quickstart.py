@@ -15,30 +15,36 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedllm.bench.report import comparison_rows, load_run, plot_heldout, print_comparison
+from fedllm.bench.report import comparison_rows, load_run, plot_heldout, print_comparison, print_history
 from fedllm.config import RunConfig, load_config
 
 
-def quickstart_configs(output_dir: Path, overrides: list[str]) -> tuple[RunConfig, RunConfig]:
+TASKS = {"sft": "quickstart.yaml", "dpo": "quickstart-dpo.yaml"}
+
+
+def quickstart_configs(output_dir: Path, overrides: list[str], task: str = "sft") -> tuple[RunConfig, RunConfig]:
     """(fedavg, local): the same per-client budget; Local is FedAvg's config with algorithm=local."""
-    path = Path(str(resources.files("fedllm.bench").joinpath("quickstart.yaml")))
+    path = Path(str(resources.files("fedllm.bench").joinpath(TASKS[task])))
     common = [f"output_dir={output_dir}", *overrides]
     fedavg = load_config(path, ["name=fedavg", *common])
     local = load_config(path, ["name=local", "fl.algorithm=local", *common])
     return fedavg, local
 
 
-def run_quickstart(output_dir: Path, overrides: list[str], console: Console) -> None:
+def run_quickstart(output_dir: Path, overrides: list[str], console: Console, task: str = "sft") -> None:
+    """Train Local and FedAvg with the same budget, evaluate both on every client's held-out data, and
+    say which wins: by held-out loss (sft) or by held-out reward accuracy (dpo)."""
     from fedllm.engine.progress import Reporter
     from fedllm.engine.simulation import Session, Simulation
     from fedllm.eval.heldout import HeldoutEvaluator
     from fedllm.runs import load_federation
 
-    fedavg_cfg, local_cfg = quickstart_configs(output_dir, overrides)
+    fedavg_cfg, local_cfg = quickstart_configs(output_dir, overrides, task)
     for cfg in (fedavg_cfg, local_cfg):
         if cfg.run_dir.exists():
             shutil.rmtree(cfg.run_dir)
-    console.print("[bold]fedllm quickstart[/]: Local vs FedAvg, embedded SmolLM2-135M-Instruct on Fed-PyCode")
+    what = "preference pairs from Fed-PyCode (DPO)" if task == "dpo" else "Fed-PyCode"
+    console.print(f"[bold]fedllm quickstart[/]: Local vs FedAvg, embedded SmolLM2-135M-Instruct on {what}")
     dataset = load_federation(fedavg_cfg)
     sizes = {cid: dataset[cid].num_train for cid in dataset.client_ids}
     largest = max(sizes, key=lambda c: (sizes[c], c))
@@ -54,10 +60,22 @@ def run_quickstart(output_dir: Path, overrides: list[str], console: Console) -> 
                    evaluator=HeldoutEvaluator.from_config(cfg.eval)).run()
     runs = [load_run(local_cfg.run_dir), load_run(fedavg_cfg.run_dir)]
     rows = comparison_rows(runs)
-    print_comparison(rows, console, title="Held-out loss on every client's test data (lower is better)")
-    plot = plot_heldout(runs, output_dir / "heldout_loss.png")
-    local_loss, fed_loss = rows[0]["heldout_loss"], rows[1]["heldout_loss"]
-    verdict = "beats" if fed_loss < local_loss else "does NOT beat"
-    console.print(f"FedAvg {verdict} Local on held-out data of all clients: {fed_loss:.4f} vs {local_loss:.4f}")
+    if task == "dpo":
+        print_comparison(rows, console, title="Held-out preference pairs of every client (DPO)")
+        print_history(runs, "reward_accuracy", "held-out reward accuracy by round (higher is better)", console)
+        plot = plot_heldout(runs, output_dir / "reward_accuracy.png", metric="reward_accuracy",
+                            title="Held-out reward accuracy (all clients' test pairs)")
+        local, fed = rows
+        verdict = "beats" if fed["heldout_loss"] < local["heldout_loss"] else "does NOT beat"
+        console.print(f"FedAvg {verdict} Local on held-out preference pairs of all clients: DPO loss "
+                      f"{fed['heldout_loss']:.4f} vs {local['heldout_loss']:.4f} (reward accuracy "
+                      f"{fed['reward_accuracy']:.3f} vs {local['reward_accuracy']:.3f}, margin "
+                      f"{fed['margin']:.3f} vs {local['margin']:.3f})")
+    else:
+        print_comparison(rows, console, title="Held-out loss on every client's test data (lower is better)")
+        plot = plot_heldout(runs, output_dir / "heldout_loss.png")
+        local_loss, fed_loss = rows[0]["heldout_loss"], rows[1]["heldout_loss"]
+        verdict = "beats" if fed_loss < local_loss else "does NOT beat"
+        console.print(f"FedAvg {verdict} Local on held-out data of all clients: {fed_loss:.4f} vs {local_loss:.4f}")
     console.print(f"plot: {plot}\nruns: {local_cfg.run_dir}, {fedavg_cfg.run_dir}  "
                   f"(compare again with `fedllm report {local_cfg.run_dir} {fedavg_cfg.run_dir}`)")
