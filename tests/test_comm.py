@@ -80,7 +80,7 @@ def test_a_non_finite_update_still_reaches_the_server_to_be_dropped(tmp_path):
     w = rt.slot.initial_state(0)
     ins = Instruction(0, "user0", 0, float("inf"), dict(sim._train_settings()), {"name": "plain"}, w,
                       reply_wire=sim.cfg.comm.up.model_dump())
-    reply = Reply.from_bytes(serve_round(ins.to_bytes(), sim.dataset["user0"], rt))
+    reply = Reply.from_bytes(serve_round(ins.to_bytes(), sim.fleet.dataset["user0"], rt))
     assert reply.metrics["codec_fallback"] == "non-finite update sent exactly"
     assert not all(torch.isfinite(v).all() for v in reply.update.delta.values())
 

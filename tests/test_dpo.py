@@ -88,7 +88,7 @@ def test_loss_and_rewards_equal_trls_with_the_base_model_as_reference(tok):
     model.train()
     loss, n, stats = obj.loss_stats(model, batch)
     trl_loss, trl_stats = trl_says(trl_trainer(model, ref_model, tok), batch)
-    assert n == 3 and float(loss) / n == pytest.approx(trl_loss, abs=1e-6)
+    assert n == 3 and float(loss.detach()) / n == pytest.approx(trl_loss, abs=1e-6)
     for k, v in trl_stats.items():
         assert stats[k] / n == pytest.approx(v, abs=1e-6), k
     assert stats["chosen_reward"] != 0 and stats["rejected_reward"] != 0

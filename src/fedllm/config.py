@@ -158,6 +158,17 @@ class CheckpointConfig(_Section):
     keep: int = Field(2, ge=1, description="keep the newest N round checkpoints")
 
 
+class DeployConfig(_Section):
+    """How the server treats clients it reaches over a network (Flower); in-process every client replies."""
+
+    min_replies: int = Field(1, ge=1, description="a round with fewer client replies than this is skipped "
+                                                  "(the global adapter stays)")
+    round_timeout: float = Field(3600.0, gt=0, description="seconds the server waits for a round's replies; a "
+                                                           "client that has not answered by then is logged as missing")
+    min_nodes: int = Field(1, ge=1, description="nodes the server waits for before the first round")
+    node_wait: float = Field(300.0, gt=0, description="seconds to wait for deploy.min_nodes nodes to connect")
+
+
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
 
 
@@ -173,6 +184,7 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     comm: CommConfig = Field(default_factory=CommConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     @field_validator("name")
     @classmethod

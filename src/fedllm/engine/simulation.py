@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from safetensors import SafetensorError
 
 from fedllm.config import ConfigError, RunConfig, build_config, config_diff, config_fingerprint, dump_config
-from fedllm.data.schema import ClientData, FederatedDataset, Sample
+from fedllm.data.schema import FederatedDataset, Sample
 from fedllm.engine.checkpoint import load_latest, save_checkpoint
 from fedllm.engine.client import ClientRuntime
 from fedllm.engine.messages import Instruction
@@ -30,22 +30,22 @@ from fedllm.engine.metrics import MetricsLog, cost_summary, read_metrics
 from fedllm.engine.progress import Reporter
 from fedllm.engine.rundir import RunLock, remove_debris
 from fedllm.engine.store import ClientStateStore, io_reason
-from fedllm.engine.transport import Exchange, InProcessTransport, Transport
+from fedllm.engine.fleet import Fleet, LocalFleet, TransportFactory
+from fedllm.engine.transport import Exchange, Transport
 from fedllm.fl import Algorithm, ClientUpdate, Federation, build_algorithm
+from fedllm.fl.server import RoundOutcome
 from fedllm.fl import state as S
-from fedllm.fl.codec import WireSpec, lossless
+from fedllm.fl.codec import lossless
 from fedllm.fl.sampling import SAMPLERS
 from fedllm.jsonl import dumps, write_text_atomic
 from fedllm.models.adapters import AdapterSlot, save_adapter
 from fedllm.models.loading import BaseModel, load_base_model
 from fedllm.models.precision import Precision
-from fedllm.paths import cache_root
-from fedllm.runs import ADAPTER, CHECKPOINTS, CLIENT_STATE, CONFIG, METRICS, SUMMARY, RunError, load_federation, run_clients
+from fedllm.runs import ADAPTER, CHECKPOINTS, CLIENT_STATE, CONFIG, METRICS, SUMMARY, RunError, load_federation
 from fedllm.seeding import derive_seed
 from fedllm.train.cost import peak_memory_mb
 from fedllm.train.local import StepInfo
-from fedllm.train.encoding_cache import EncodingCache
-from fedllm.train.task import Task, WrongKind
+from fedllm.train.task import Task
 
 __all__ = ["Evaluator", "RunError", "Session", "Simulation", "cosine_lr"]
 
@@ -91,37 +91,39 @@ class Evaluator(Protocol):
     def __call__(self, model: Any) -> dict[str, Any]: ...
 
 
-TransportFactory = Callable[[ClientRuntime, Callable[[str], ClientData], Callable[[str, StepInfo], None], WireSpec],
-                            Transport]
-
-
 class Simulation:
     def __init__(self, cfg: RunConfig, *, session: Session | None = None, dataset: FederatedDataset | None = None,
                  reporter: Reporter | None = None, evaluator: Evaluator | None = None,
-                 transport: TransportFactory | None = None, allow_config_change: bool = False) -> None:
+                 transport: TransportFactory | None = None, fleet: Fleet | None = None,
+                 allow_config_change: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = cfg.run_dir
         self.reporter = reporter or Reporter()
         self.evaluator = evaluator
         self._session = session
         self._dataset = dataset
-        self._transport = transport or InProcessTransport
+        self._transport = transport  # the local fleet's transport (in-process by default)
+        self._fleet = fleet  # where the clients are; default: the dataset, held here
         self.allow_config_change = allow_config_change
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
-        self.dataset = self._dataset if self._dataset is not None else load_federation(cfg)
-        self.client_ids = run_clients(cfg, self.dataset)
+        if self._fleet is None:
+            dataset = self._dataset if self._dataset is not None else load_federation(cfg)
+            self._fleet = LocalFleet(dataset, self._transport)
+        self.fleet = self._fleet
         self.session = self._session or Session.create(cfg)
         self.session.check(cfg)
         self.slot = self.session.slot
         base = self.session.base
         self.task = Task.create(cfg.train.objective, cfg.data.template, base.tokenizer, cfg.data.max_length,
                                 **cfg.objective_options())
-        self.encodings = EncodingCache(cache_root() / "encodings", self.task)
-        self.dropped, self.excluded = self._scan_clients()
+        census = self.fleet.census(cfg, self.task)
+        self.client_ids = census.ids
+        self.dropped, self.excluded, self.drop_reasons = census.dropped, census.excluded, census.drop_reasons
+        self.trainable_samples = census.total_trainable
         eligible = [c for c in self.client_ids if c not in self.excluded]
         self.warnings = cfg.warnings()
         federation = Federation(num_clients=max(len(eligible), 1), clients_per_round=cfg.fl.clients_per_round,
@@ -149,34 +151,11 @@ class Simulation:
         up = cfg.comm.up
         feedback = up.error_feedback and not lossless(up)
         self.store = ClientStateStore(self.run_dir / CLIENT_STATE) if self.algorithm.stateful_clients or feedback else None
-        self.runtime = ClientRuntime(self.slot, self.task, base.precision, self.store, self.encodings)
+        self.runtime = ClientRuntime(self.slot, self.task, base.precision, self.store, self.fleet.encodings)
         if self.evaluator is not None:
-            self.evaluator.prepare(self.task, base.precision, {cid: self.dataset[cid].test for cid in self.client_ids})
+            self.evaluator.prepare(self.task, base.precision, self.fleet.tests(self.client_ids))
         self.adapter_bytes = S.num_bytes(self.slot.read())
         self.setup_seconds = time.perf_counter() - t0
-
-    def _scan_clients(self) -> tuple[dict[str, int], dict[str, str]]:
-        """One pass over the clients: samples truncated to nothing, and clients left with none (the
-        encodings are cached, so the client rounds do not tokenize again)."""
-        dropped, excluded = {}, {}
-        self.drop_reasons: dict[str, int] = {}
-        self.trainable_samples = 0
-        for cid in self.client_ids:
-            client = self.dataset[cid]
-            try:
-                enc = self.encodings.encode(client.train)
-            except WrongKind as e:
-                raise RunError(f"{self.cfg.data.dataset}: {e}") from None
-            self.trainable_samples += len(enc)
-            if enc.dropped:
-                dropped[cid] = enc.dropped
-                for why, n in enc.reasons.items():
-                    self.drop_reasons[why] = self.drop_reasons.get(why, 0) + n
-            if not enc.features:
-                excluded[cid] = ("no training samples" if not client.train else
-                                 f"all {enc.dropped} training samples are unusable at data.max_length="
-                                 f"{self.cfg.data.max_length} ({', '.join(sorted(enc.reasons))})")
-        return dropped, excluded
 
     def _excluded_note(self) -> str:
         return f" ({len(self.excluded)} of {len(self.client_ids)} have no trainable sample)" if self.excluded else ""
@@ -279,7 +258,7 @@ class Simulation:
                 history.append(self._evaluate(0, global_state, metrics, timing))
         rounds = cfg.fl.rounds
         with self.reporter.rounds(rounds, start_round, title=f"{cfg.name} ({cfg.fl.algorithm})") as progress:
-            transport = self._transport(self.runtime, self.dataset.__getitem__, _StepBars(progress), cfg.comm.down)
+            transport = self.fleet.transport(self.runtime, _StepBars(progress), cfg.comm.down)
             for r in range(start_round, rounds):
                 global_state = self._round(r, global_state, transport, metrics, timing)
                 done = r + 1
@@ -363,12 +342,24 @@ class Simulation:
         updates: list[ClientUpdate] = []
         losses: dict[str, float] = {}
         bytes_up = bytes_down = 0
+        missing: list[str] = []
         for ex in transport.run(self._instructions(r, sampled, global_state, lr)):
+            bytes_up, bytes_down = bytes_up + ex.bytes_up, bytes_down + ex.bytes_down
+            if ex.reply is None:
+                missing.append(ex.client_id)
+                metrics.write("missing", round=r + 1, client=ex.client_id, reason=ex.failure)
+                self.reporter.warn(f"round {r + 1}: no update from client {ex.client_id}: {ex.failure}")
+                continue
             self._log_client(r, ex, metrics)
             updates.append(ex.reply.update)
             losses[ex.reply.update.client_id] = ex.reply.metrics["loss"]
-            bytes_up, bytes_down = bytes_up + ex.bytes_up, bytes_down + ex.bytes_down
-        outcome = alg.step(global_state, updates)
+        rank = {cid: i for i, cid in enumerate(sampled)}
+        updates.sort(key=lambda u: rank.get(u.client_id, len(rank)))  # sampling order, whatever order replies came in
+        if updates and len(updates) < cfg.deploy.min_replies:
+            outcome = RoundOutcome(state=None, skipped=f"{len(updates)} of {len(sampled)} clients replied, fewer "
+                                                       f"than deploy.min_replies={cfg.deploy.min_replies}")
+        else:
+            outcome = alg.step(global_state, updates)
         for cid, why in outcome.dropped:
             metrics.write("drop", round=r + 1, client=cid, reason=why)
             self.reporter.warn(f"round {r + 1}: dropped the update of client {cid}: {why}")
@@ -378,7 +369,7 @@ class Simulation:
         seconds = time.perf_counter() - t0
         timing["train_seconds"] += seconds
         n_loss = sum(u.num_seen for u in updates)
-        metrics.write("round", round=r + 1, lr=lr, clients=sampled, aggregated=outcome.accepted,
+        metrics.write("round", round=r + 1, lr=lr, clients=sampled, missing=missing, aggregated=outcome.accepted,
                       dropped=len(outcome.dropped), skipped=outcome.skipped, seconds=seconds,
                       loss=sum(losses[u.client_id] * u.num_seen for u in updates) / max(n_loss, 1) if updates else None,
                       update_norm=S.norm(S.sub(new_state, global_state)), bytes_up=bytes_up, bytes_down=bytes_down,

@@ -15,16 +15,20 @@ from fedllm.fl.codec import WireSpec
 
 @dataclass
 class Exchange:
-    """One client's round as the server saw it: the reply and the bytes of both messages."""
+    """One client's round as the server saw it: the reply (or why there is none) and the bytes of both
+    messages."""
 
-    reply: Reply
+    client_id: str
+    reply: Reply | None  # None: no usable reply came back (``failure`` says why)
     bytes_down: int  # the serialized instruction
-    bytes_up: int  # the serialized reply
+    bytes_up: int  # the serialized reply (0 if none)
+    failure: str | None = None
 
 
 class Transport(Protocol):
     def run(self, instructions: Iterable[Instruction]) -> Iterator[Exchange]:
-        """Deliver each instruction and yield the exchanges as replies come back."""
+        """Deliver each instruction and yield one exchange per instruction as replies come back (a
+        network transport yields a failed exchange for a client that did not answer in time)."""
         ...
 
 
@@ -42,4 +46,4 @@ class InProcessTransport:
         for ins in instructions:
             down = ins.to_bytes(self.wire)
             up = serve_round(down, self.client_data(ins.client_id), self.runtime, self.on_step)
-            yield Exchange(Reply.from_bytes(up), len(down), len(up))
+            yield Exchange(ins.client_id, Reply.from_bytes(up), len(down), len(up))
