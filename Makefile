@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 $(BIN)/.fedllm-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,flower]"
 	touch $@
 
 install: $(BIN)/.fedllm-installed

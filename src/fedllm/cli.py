@@ -1,4 +1,4 @@
-"""The `fedllm` command: train, quickstart, eval, report, data, config."""
+"""The `fedllm` command: train, quickstart, eval, report, data, config; launch, serve, node, certs (Flower)."""
 
 from __future__ import annotations
 
@@ -234,6 +234,125 @@ def evaluate(
     print_results(rows, names, console)
     json_path, csv_path = write_results(rows, names, out)
     console.print(f"results: {json_path}, {csv_path}; per-item files under each target's eval/ directory")
+
+
+def _flower() -> None:
+    """Flower is an optional extra: say how to get it instead of a traceback."""
+    try:
+        import flwr  # noqa: F401
+    except ImportError:
+        raise typer.BadParameter("Flower is not installed: pip install 'fedllm[flower]'") from None
+
+
+def _security(tls: Optional[Path], auth: bool) -> Any:
+    from fedllm.distributed.deploy import Security
+
+    return Security(tls_dir=tls, auth=auth)
+
+
+def _say(line: str) -> None:
+    console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+@_friendly
+def launch(
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. fl.rounds=20"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run configuration"),
+    nodes: int = typer.Option(2, "--nodes", "-n", help="SuperNodes to start; node i holds partition i of the clients"),
+    tls: Optional[Path] = typer.Option(None, "--tls", help="a `fedllm certs` directory: TLS between nodes and SuperLink"),
+    auth: bool = typer.Option(False, "--auth", help="only registered SuperNodes may connect (keys from --tls DIR)"),
+    resume: str = typer.Option("auto", "--resume", help="auto: resume if the run has a checkpoint; true; false"),
+    ray: bool = typer.Option(False, "--ray", help="Flower's Simulation Runtime instead: N virtual SuperNodes whose "
+                                                  "ClientApps run in parallel Ray actors"),
+    client_cpus: float = typer.Option(1.0, "--client-cpus", help="with --ray: CPUs each ClientApp actor reserves"),
+    client_gpus: float = typer.Option(0.0, "--client-gpus", help="with --ray: GPUs (or a share) each actor reserves"),
+) -> None:
+    """A Flower deployment on this machine: a SuperLink, N SuperNodes and the run; all stopped at the end."""
+    _flower()
+    from fedllm.config import load_config
+    from fedllm.distributed.deploy import launch as do_launch
+    from fedllm.distributed.deploy import simulate_ray
+
+    cfg = load_config(config, overrides or [])
+    if ray:
+        if tls is not None or auth:
+            raise typer.BadParameter("--tls and --auth secure a deployment's network; --ray runs in this process")
+        raise typer.Exit(simulate_ray(cfg, nodes, client_cpus, client_gpus, resume, _say))
+    raise typer.Exit(do_launch(cfg, nodes, _security(tls, auth), resume, _say))
+
+
+@app.command()
+@_friendly
+def serve(
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. deploy.min_nodes=3"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run configuration"),
+    host: str = typer.Option("127.0.0.1", help="address the SuperLink binds (0.0.0.0: every interface)"),
+    port: int = typer.Option(9093, help="the SuperLink's one port (Fleet, Control and ServerAppIo APIs)"),
+    tls: Optional[Path] = typer.Option(None, "--tls", help="a `fedllm certs` directory (without it: no encryption)"),
+    auth: bool = typer.Option(False, "--auth", help="only SuperNodes whose keys are in --tls DIR may connect"),
+    resume: str = typer.Option("auto", "--resume", help="auto: resume if the run has a checkpoint; true; false"),
+) -> None:
+    """Run the server: a SuperLink here and the run on the SuperNodes that join (`fedllm node`)."""
+    _flower()
+    from fedllm.config import load_config
+    from fedllm.distributed.deploy import serve as do_serve
+
+    cfg = load_config(config, overrides or [])
+    raise typer.Exit(do_serve(cfg, host, port, _security(tls, auth), resume, _say))
+
+
+@app.command()
+@_friendly
+def node(
+    superlink: str = typer.Option("127.0.0.1:9093", "--superlink", help="the SuperLink's host:port"),
+    partition: Optional[str] = typer.Option(None, "--partition", help="i/N: clients i, i+N, … of the run's federation"),
+    clients: Optional[str] = typer.Option(None, "--clients", help="comma-separated client ids this node holds"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a federation file on this node (its own users)"),
+    root_certificates: Optional[Path] = typer.Option(None, "--root-certificates", help="CA certificate (ca.crt) to trust the "
+                                                     "SuperLink's TLS; without it the connection is not encrypted"),
+    auth_key: Optional[Path] = typer.Option(None, "--auth-key", help="this node's private key (node-<i>.key)"),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="where clients keep state between rounds"),
+    port: int = typer.Option(9094, help="local port of this SuperNode's runtime API (one per node on a machine)"),
+) -> None:
+    """Run a SuperNode: it serves the clients it holds for any run the SuperLink sends (Ctrl-C stops it)."""
+    _flower()
+    from fedllm.distributed.deploy import node as do_node
+
+    nc: dict[str, object] = {}
+    if partition is not None:
+        try:
+            i, n = (int(x) for x in partition.split("/"))
+        except ValueError:
+            raise typer.BadParameter(f"--partition {partition!r}: write i/N, e.g. 0/2") from None
+        nc.update({"partition-id": i, "num-partitions": n})
+    if clients:
+        nc["clients"] = clients
+    if data is not None:
+        nc["data"] = str(data.resolve())
+    if state_dir is not None:
+        nc["state-dir"] = str(state_dir.resolve())
+    raise typer.Exit(do_node(superlink, nc, root_certificates, auth_key, port))
+
+
+@app.command()
+@_friendly
+def certs(
+    out: Path = typer.Argument(..., help="directory for ca.crt, server.pem/.key and node key pairs"),
+    host: Optional[list[str]] = typer.Option(None, "--host", help="the SuperLink's names/addresses (repeat); "
+                                                                  "default localhost and 127.0.0.1"),
+    nodes: int = typer.Option(0, "--nodes", help="SuperNode key pairs to make for authentication"),
+) -> None:
+    """Make TLS certificates for a SuperLink (a private CA) and key pairs for SuperNode authentication."""
+    _flower()
+    from fedllm.distributed.certs import make_certs
+
+    try:
+        files = make_certs(out, list(host or ["localhost", "127.0.0.1"]), nodes)
+    except FileExistsError as e:
+        raise typer.BadParameter(str(e)) from None
+    console.print(f"wrote {', '.join(p.name for p in files.values())} to {out}; keep ca.key and server.key private; "
+                  f"give nodes ca.crt and their node-<i>.key")
 
 
 @app.command("config")

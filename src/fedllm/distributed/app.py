@@ -1,0 +1,80 @@
+"""The Flower App: ``server_app`` runs fedllm's server loop, ``client_app`` answers its requests with
+fedllm's own client code. Both read the run from Flower's run config:
+
+* ``config``: the fedllm run config as YAML text (the same file ``fedllm train`` takes);
+* ``output-dir``: where the server writes the run directory (on the server's machine);
+* ``resume``: ``auto`` (resume when the run directory holds a checkpoint), ``true`` or ``false``.
+
+A node's ``--node-config`` says which clients it holds (see ``fedllm.distributed.node.NodeData``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedllm.distributed import records as R
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    from fedllm.distributed.serve import run_server
+
+    run_server(grid, dict(context.run_config))
+
+
+def _serve(msg: Message, context: Context, handler: Any) -> Message:
+    """Run a node-side request; a problem the node can name is one line back to the server."""
+    from fedllm.config import ConfigError
+    from fedllm.distributed.node import NodeError
+    from fedllm.engine.client import ClientError
+    from fedllm.runs import RunError
+
+    try:
+        header, blob = R.unpack(msg.content)
+        node = _node(str(header["run"]["config"]), json.dumps(dict(context.node_config), sort_keys=True))
+        out_header, out_blob = handler(node, header, blob)
+    except (ValueError, ConfigError, NodeError, ClientError, RunError) as e:
+        return R.reply(msg, {"error": f"{type(e).__name__}: {e}".splitlines()[0]})
+    return R.reply(msg, out_header, out_blob)
+
+
+@functools.lru_cache(maxsize=2)
+def _node(config_text: str, node_config: str) -> Any:
+    """The node of a run, kept while its process lives: a Flower simulation worker (a Ray actor) loads
+    the base model once for all its rounds; a deployed SuperNode starts a process per message anyway."""
+    import yaml
+
+    from fedllm.config import build_config
+    from fedllm.distributed.node import Node, NodeData
+
+    cfg = build_config(yaml.safe_load(config_text), source="the run config sent by the server")
+    return Node(cfg, NodeData.from_node_config(json.loads(node_config)))
+
+
+@client_app.query("fedllm_census")
+def census(msg: Message, context: Context) -> Message:
+    return _serve(msg, context, lambda node, h, b: (node.census(), b""))
+
+
+@client_app.train("fedllm_round")
+def train(msg: Message, context: Context) -> Message:
+    def run(node: Any, h: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
+        out = node.train(blob, h["client"], int(h["round"]))
+        return {"client": h["client"], "pid": os.getpid()}, out
+
+    return _serve(msg, context, run)
+
+
+@client_app.evaluate("fedllm_heldout")
+def evaluate(msg: Message, context: Context) -> Message:
+    return _serve(msg, context, lambda node, h, b: (node.evaluate(b, h["clients"], h["cap"], h["batch_size"]), b""))

@@ -1,0 +1,195 @@
+"""The deployment commands' work: ``fedllm serve`` (a SuperLink here, the run submitted to it),
+``fedllm node`` (a SuperNode holding some clients) and ``fedllm launch`` (both, on one machine)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from fedllm.config import RunConfig, dump_config
+from fedllm.distributed.launch import (QUIET_ENV, TLS, Cluster, LaunchError, _bin, free_port, submit, tail, write_app,
+                                       write_flower_home)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class Security:
+    """TLS certificates (a ``fedllm certs`` directory) and whether SuperNodes must be registered."""
+
+    tls_dir: Path | None = None
+    auth: bool = False
+
+    def tls(self) -> TLS | None:
+        return TLS.from_dir(self.tls_dir) if self.tls_dir is not None else None
+
+    def node_keys(self) -> list[Path]:
+        if not self.auth:
+            return []
+        if self.tls_dir is None:
+            raise LaunchError("SuperNode authentication needs TLS: pass --tls DIR (made by `fedllm certs DIR --nodes N`)")
+        keys = sorted(self.tls_dir.resolve().glob("node-*.key"), key=lambda p: int(p.stem.split("-")[1]))
+        if not keys:
+            raise LaunchError(f"--auth: no node key pairs in {self.tls_dir} (make them with `fedllm certs DIR --nodes N`)")
+        return keys
+
+
+    def public_keys(self) -> list[Path]:
+        """The node public keys to register (node-<i>.pub of the --tls directory)."""
+        if not self.node_keys() or self.tls_dir is None:
+            return []
+        return sorted(self.tls_dir.resolve().glob("node-*.pub"))
+
+
+def workdir_of(cfg: RunConfig) -> Path:
+    """Where a deployment keeps its Flower state and logs: beside the run directory."""
+    return Path(cfg.output_dir).resolve() / f"{cfg.name}.flower"
+
+
+def start_link(cluster: Cluster, sec: Security, host: str, port: int, say: Callable[[str], None],
+               netns: str | None = None) -> Path:
+    """A SuperLink on host:port (inside network namespace ``netns`` if given), with TLS and registered
+    node keys as asked; returns the FLWR_HOME whose default connection is it."""
+    tls = sec.tls()
+    if sec.auth:
+        sec.node_keys()  # fail before starting anything
+    argv_extra = ["--enable-supernode-auth"] if sec.auth else []
+    cluster.superlink(port, tls, host=host, extra=argv_extra, netns=netns)
+    connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    home = write_flower_home(cluster.workdir / "cli-home", f"{connect}:{port}", tls)
+    for pub in sec.public_keys():
+        argv = [_bin("flwr"), "supernode", "register", str(pub), "fedllm"]
+        r = subprocess.run(["ip", "netns", "exec", netns, *argv] if netns else argv, env=cluster.env(home),
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            words = [ln.strip(" │╭╰─") for ln in ANSI.sub("", r.stdout + r.stderr).splitlines()]
+            raise LaunchError(f"registering {pub} failed: {' '.join(w for w in words if w)[-300:]}")
+    say(f"SuperLink on {host}:{port} ({'TLS' if tls else 'insecure: no TLS'}"
+        f"{', registered nodes only' if sec.auth else ''}); logs in {cluster.workdir}")
+    return home
+
+
+def run_app(cluster: Cluster, cfg: RunConfig, home: Path, resume: str, say: Callable[[str], None]) -> int:
+    """Submit the run with ``flwr run`` and follow its log until it ends; the run's exit status."""
+    app = write_app(cluster.workdir / "app", dump_config(cfg), Path(cfg.output_dir), resume)
+    proc = submit(cluster, app, home)
+    log = cluster.logs["flwr-run"]
+    shown = 0
+    while True:
+        done = proc.poll() is not None
+        text = log.read_text(errors="replace")
+        if len(text) > shown:
+            for line in ANSI.sub("", text[shown:]).splitlines():
+                if line.strip() and "warnings.warn" not in line and "Warning:" not in line:
+                    say(line)
+            shown = len(text)
+        if done:
+            break
+        time.sleep(0.5)
+    failed = any(w in text for w in ("run stopped:", "cannot start the run:", "Traceback")) or proc.returncode != 0
+    return 1 if failed else 0
+
+
+def node_argv(superlink: str, node_config: dict[str, object], tls_ca: Path | None, auth_key: Path | None,
+              port: int) -> list[str]:
+    from fedllm.distributed.launch import _toml_value
+
+    argv = [_bin("flower-supernode"), "--superlink", superlink, "--port", str(port),
+            "--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())]
+    argv += ["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"]
+    if auth_key is not None:
+        argv += ["--auth-supernode-private-key", str(auth_key)]
+    return argv
+
+
+def launch(cfg: RunConfig, nodes: int, sec: Security, resume: str, say: Callable[[str], None]) -> int:
+    """A SuperLink and ``nodes`` SuperNodes (node i holds partition i of the federation) on this machine."""
+    if nodes < 1:
+        raise LaunchError("--nodes must be at least 1")
+    data = yaml.safe_load(dump_config(cfg))
+    data.setdefault("deploy", {})["min_nodes"] = max(cfg.deploy.min_nodes, nodes)
+    cfg = RunConfig.model_validate(data)
+    tls = sec.tls()
+    keys = sec.node_keys()
+    if sec.auth and len(keys) < nodes:
+        raise LaunchError(f"--auth with --nodes {nodes}: only {len(keys)} node keys in {sec.tls_dir}")
+    with Cluster(workdir_of(cfg)) as cluster:
+        port = free_port()
+        home = start_link(cluster, sec, "127.0.0.1", port, say)
+        for i in range(nodes):
+            nc: dict[str, object] = {"partition-id": i, "num-partitions": nodes,
+                                     "state-dir": str(cluster.workdir / f"node-{i}-state")}
+            p = cluster.supernode(f"node-{i}", f"127.0.0.1:{port}", free_port(), nc, tls, keys[i] if keys else None)
+            say(f"SuperNode node-{i} (pid {p.pid}) holds partition {i}/{nodes}; log {cluster.logs[f'node-{i}']}")
+        return run_app(cluster, cfg, home, resume, say)
+
+
+def serve(cfg: RunConfig, host: str, port: int, sec: Security, resume: str, say: Callable[[str], None]) -> int:
+    """A SuperLink here and the run submitted to it; SuperNodes join from anywhere (``fedllm node``)."""
+    with Cluster(workdir_of(cfg)) as cluster:
+        home = start_link(cluster, sec, host, port, say)
+        say(f"waiting for {cfg.deploy.min_nodes} SuperNode(s) (deploy.min_nodes) for up to {cfg.deploy.node_wait:g}s")
+        return run_app(cluster, cfg, home, resume, say)
+
+
+def node(superlink: str, node_config: dict[str, object], tls_ca: Path | None, auth_key: Path | None, port: int) -> int:
+    """A SuperNode in the foreground (Ctrl-C stops it)."""
+    if tls_ca is not None and not tls_ca.is_file():
+        raise LaunchError(f"--root-certificates {tls_ca}: no such file")
+    if auth_key is not None and not auth_key.is_file():
+        raise LaunchError(f"--auth-key {auth_key}: no such file")
+    env = {**os.environ, **QUIET_ENV}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    try:
+        return subprocess.call(node_argv(superlink, node_config, tls_ca, auth_key, port), env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["Security", "launch", "serve", "node", "tail"]
+
+
+def simulate_ray(cfg: RunConfig, nodes: int, client_cpus: float, client_gpus: float, resume: str,
+                 say: Callable[[str], None]) -> int:
+    """The run on Flower's Simulation Runtime (Ray): ``nodes`` virtual SuperNodes (node i holds partition
+    i), their ClientApps in Ray actors that run in parallel as the resources allow, each keeping the
+    base model loaded across rounds. The server side is the same ServerApp as in a deployment."""
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.app import Context
+    from flwr.simulation import run_simulation
+
+    from fedllm.distributed.app import client_app
+    from fedllm.distributed.serve import run_server
+
+    if nodes < 1:
+        raise LaunchError("--nodes must be at least 1")
+    data = yaml.safe_load(dump_config(cfg))
+    data.setdefault("deploy", {})["min_nodes"] = max(cfg.deploy.min_nodes, nodes)
+    cfg = RunConfig.model_validate(data)
+    text = dump_config(cfg)
+    result: dict[str, object] = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            result["summary"] = run_server(grid, {"config": text, "output-dir": str(Path(cfg.output_dir).resolve()),
+                                                  "resume": resume})
+        except SystemExit as e:
+            result["exit"] = e.code
+
+    os.environ.update({k: v for k, v in QUIET_ENV.items()})
+    backend = {"client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+               "init_args": {"logging_level": "ERROR", "log_to_driver": True}}
+    say(f"Flower simulation (Ray): {nodes} virtual SuperNodes, {client_cpus:g} CPU and {client_gpus:g} GPU per ClientApp")
+    run_simulation(server, client_app, num_supernodes=nodes, backend_name="ray", backend_config=backend)
+    return 0 if "summary" in result else int(result.get("exit") or 1)

@@ -1,0 +1,209 @@
+"""A node's side of a deployment, without Flower: which clients it holds, and its answers to the
+server's three requests (census, a client's round, evaluation). Flower's ClientApp calls these with
+bytes and plain dicts; each request may run in a fresh process, so everything a node keeps between
+requests is on disk (the encoding cache and the round-versioned client store)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load as st_load
+from safetensors.torch import load_file, save_file
+
+from fedllm.config import RunConfig
+from fedllm.data.schema import ClientData, FederatedDataset
+from fedllm.engine.client import ClientRuntime, serve_round
+from fedllm.engine.fleet import Census, take_census
+from fedllm.fl.state import State
+from fedllm.paths import cache_root
+from fedllm.runs import RunError, load_federation, run_clients
+from fedllm.seeding import derive_seed
+from fedllm.train.encoding_cache import EncodingCache
+
+__all__ = ["NodeData", "NodeError", "RoundStore", "Node"]
+
+
+class NodeError(RuntimeError):
+    """The node cannot serve the request (one line naming what is wrong)."""
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """Which clients a node holds, from its ``--node-config``:
+
+    * ``partition-id`` / ``num-partitions``: clients i, i+N, i+2N, … of the run's federation (the
+      keys Flower's simulation engine sets for every virtual node);
+    * ``clients``: explicit client ids, comma-separated;
+    * ``data``: a federation file on this node (e.g. a FedLLM-Bench JSON of its own users); with
+      neither of the above it holds every client in it.
+    """
+
+    data: str | None = None
+    clients: tuple[str, ...] | None = None
+    partition: tuple[int, int] | None = None
+    state_dir: str | None = None
+
+    @classmethod
+    def from_node_config(cls, nc: dict[str, Any]) -> NodeData:
+        known = {"partition-id", "num-partitions", "clients", "data", "state-dir"}
+        if unknown := sorted(set(nc) - known):
+            raise NodeError(f"--node-config has unknown keys {unknown}; known: {sorted(known)}")
+        partition = None
+        if "partition-id" in nc or "num-partitions" in nc:
+            try:
+                pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
+            except (KeyError, TypeError, ValueError):
+                raise NodeError("--node-config needs both partition-id and num-partitions as integers") from None
+            if not 0 <= pid < num:
+                raise NodeError(f"--node-config partition-id={pid} is not in 0..{num - 1}")
+            partition = (pid, num)
+        clients = None
+        if "clients" in nc:
+            clients = tuple(c.strip() for c in str(nc["clients"]).split(",") if c.strip())
+            if not clients:
+                raise NodeError("--node-config clients= names no client")
+        data = str(nc["data"]) if "data" in nc else None
+        if data is not None and not Path(data).expanduser().exists():
+            raise NodeError(f"--node-config data={data}: no such file on this node")
+        return cls(data=data, clients=clients, partition=partition,
+                   state_dir=str(nc["state-dir"]) if "state-dir" in nc else None)
+
+    def select(self, cfg: RunConfig, fed: FederatedDataset) -> list[tuple[int, str]]:
+        """(position in the federation, client id) of every client this node serves."""
+        ids = run_clients(cfg, fed) if self.data is None else list(fed.client_ids)
+        chosen = list(enumerate(ids))
+        if self.clients is not None:
+            missing = [c for c in self.clients if c not in ids]
+            if missing:
+                raise NodeError(f"--node-config clients: {missing} are not clients of {self.data or cfg.data.dataset}")
+            chosen = [(i, c) for i, c in chosen if c in self.clients]
+        if self.partition is not None:
+            pid, num = self.partition
+            chosen = [(i, c) for i, c in chosen if i % num == pid]
+        return chosen
+
+
+class RoundStore:
+    """A node's client state (SCAFFOLD's c_i, error-feedback residuals), one file per client, kind and
+    round. A round reads the newest version written before it, so a server that resumes from an
+    older checkpoint finds every client's state as it was then; ``keep`` versions are kept."""
+
+    def __init__(self, root: Path, round_idx: int, keep: int) -> None:
+        self.root, self.round, self.keep = Path(root), round_idx, keep
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _stem(self, client_id: str, kind: str) -> str:
+        return hashlib.blake2b(f"{client_id}\x1f{kind}".encode(), digest_size=10).hexdigest()
+
+    def _versions(self, client_id: str, kind: str) -> list[tuple[int, Path]]:
+        stem = self._stem(client_id, kind)
+        out = []
+        for p in self.root.glob(f"{stem}.r*.safetensors"):
+            m = re.fullmatch(rf"{stem}\.r(\d+)\.safetensors", p.name)
+            if m:
+                out.append((int(m.group(1)), p))
+        return sorted(out)
+
+    def get(self, client_id: str, kind: str = "method") -> State | None:
+        before = [p for r, p in self._versions(client_id, kind) if r < self.round]
+        return load_file(str(before[-1])) if before else None
+
+    def put(self, client_id: str, state: State, kind: str = "method") -> None:
+        path = self.root / f"{self._stem(client_id, kind)}.r{self.round:06d}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"client_id": client_id})
+        os.replace(tmp, path)
+        versions = self._versions(client_id, kind)
+        for _, old in versions[: max(len(versions) - self.keep, 0)]:
+            old.unlink(missing_ok=True)
+
+
+class Node:
+    """A node serving one run: the run's config, its own clients' data and (lazily) the base model."""
+
+    def __init__(self, cfg: RunConfig, data: NodeData) -> None:
+        self.cfg, self.spec = cfg, data
+        try:
+            if data.data is not None:
+                from fedllm.data.sources import load_dataset
+
+                self.federation = load_dataset(str(Path(data.data).expanduser()), test_fraction=cfg.data.test_fraction,
+                                               seed=cfg.seed)
+            else:
+                self.federation = load_federation(cfg)
+        except (RunError, OSError, ValueError) as e:
+            raise NodeError(f"cannot load this node's data: {e}") from None
+        self.clients = self.spec.select(cfg, self.federation)
+        if not self.clients:
+            raise NodeError("this node holds no client of the run (check --node-config)")
+        self._session: Any = None
+        self._task: Any = None
+
+    # the base model and task are loaded only by requests that compute
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            from fedllm.engine.simulation import Session
+
+            self._session = Session.create(self.cfg)
+            self._session.slot.initial_state(derive_seed(self.cfg.seed, "lora-init"))  # FFA-LoRA's frozen A, as the server's
+        return self._session
+
+    @property
+    def task(self) -> Any:
+        if self._task is None:
+            from fedllm.train.task import Task
+
+            self._task = Task.create(self.cfg.train.objective, self.cfg.data.template, self.session.base.tokenizer,
+                                     self.cfg.data.max_length, **self.cfg.objective_options())
+        return self._task
+
+    def client(self, client_id: str) -> ClientData:
+        if client_id not in {c for _, c in self.clients}:
+            raise NodeError(f"client {client_id!r} is not held by this node")
+        return self.federation[client_id]
+
+    def state_root(self) -> Path:
+        base = Path(self.spec.state_dir).expanduser() if self.spec.state_dir else cache_root() / "node-state"
+        return base / self.cfg.name
+
+    # ---------------------------------------------------------------- the three requests
+    def census(self) -> dict[str, Any]:
+        """Who this node holds and how many usable samples each has; positions order them at the server."""
+        enc = EncodingCache(cache_root() / "encodings", self.task)
+        ids = [c for _, c in self.clients]
+        census = take_census(ids, lambda c: self.federation[c].train, enc.encode, self.cfg.data.max_length,
+                             self.spec.data or self.cfg.data.dataset)
+        return {"census": census.to_dict(), "positions": {c: i for i, c in self.clients}}
+
+    def train(self, blob: bytes, client_id: str, round_idx: int) -> bytes:
+        """One client's round: the instruction's bytes in, the reply's bytes out."""
+        keep = max(self.cfg.checkpoint.every, 1) * self.cfg.checkpoint.keep + 1
+        store = RoundStore(self.state_root(), round_idx, keep)
+        s = self.session
+        rt = ClientRuntime(s.slot, self.task, s.base.precision, store, EncodingCache(cache_root() / "encodings", self.task))
+        return serve_round(blob, self.client(client_id), rt)
+
+    def evaluate(self, adapter_blob: bytes, client_ids: list[str], cap: int | None, batch_size: int) -> dict[str, Any]:
+        """Held-out loss (and the objective's statistics) of the given adapter on these clients' test splits."""
+        from fedllm.eval.heldout import encode_tests, evaluate_heldout
+
+        s = self.session
+        s.slot.load(st_load(adapter_blob))
+        feats = encode_tests(self.task, {c: self.client(c).test for c in client_ids}, cap)
+        res = evaluate_heldout(s.slot.model, self.task.objective, feats, self.task.pad_id, s.base.precision, batch_size)
+        return {"per_client": res.per_client}
+
+
+def merge_censuses(replies: list[dict[str, Any]]) -> tuple[Census, dict[str, int]]:
+    """The run's census from the nodes' replies, clients in federation order (position, then id)."""
+    positions: dict[str, int] = {}
+    for r in replies:
+        positions.update(r["positions"])
+    order = sorted(positions, key=lambda c: (positions[c], c))
+    return Census.merge([Census.from_dict(r["census"]) for r in replies], order), positions

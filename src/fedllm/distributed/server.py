@@ -1,0 +1,212 @@
+"""fedllm's server on Flower: the engine's run loop with its clients reached through Flower's Grid.
+
+The ServerApp runs the same ``Simulation`` as ``fedllm train`` (every method, server optimizer,
+transform, checkpoint and resume) with a ``FlowerFleet``: the census comes from the nodes (each
+scans its own clients), each round's instructions go to the nodes that hold the sampled clients, and
+held-out evaluation is federated (each node evaluates the global adapter on its clients' test
+splits; the server pools the numbers exactly as the in-process evaluator does).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from flwr.app import Message
+from safetensors.torch import save as st_save
+
+from fedllm.config import RunConfig
+from fedllm.data.schema import Sample
+from fedllm.distributed import records as R
+from fedllm.distributed.node import merge_censuses
+from fedllm.engine.client import ClientRuntime, StepCallback
+from fedllm.engine.fleet import Census
+from fedllm.engine.messages import Instruction, MessageError, Reply
+from fedllm.engine.progress import Reporter
+from fedllm.engine.transport import Exchange
+from fedllm.fl.codec import WireSpec
+from fedllm.models.precision import Precision
+from fedllm.runs import RunError
+from fedllm.train.task import Task
+
+POLL = 0.2  # seconds between pulls for replies
+
+
+class FlowerFleet:
+    """The run's clients on Flower nodes: which node holds which client, refreshed every round (a node
+    that reconnects gets a new node id and is asked again what it holds)."""
+
+    encodings = None  # the server holds no client data
+
+    def __init__(self, grid: Any, cfg: RunConfig, run_config: dict[str, Any], reporter: Reporter) -> None:
+        self.grid, self.cfg, self.reporter = grid, cfg, reporter
+        self.run_config = run_config  # what every request carries: the run's config (YAML) and name
+        self.node_of: dict[str, int] = {}  # client id -> node id
+        self.asked: set[int] = set()  # nodes whose census we have
+
+    # ------------------------------------------------------------------ census
+    def census(self, cfg: RunConfig, task: Task) -> Census:
+        d = cfg.deploy
+        deadline = time.monotonic() + d.node_wait
+        nodes = self._nodes()
+        while len(nodes) < d.min_nodes and time.monotonic() < deadline:
+            time.sleep(POLL)
+            nodes = self._nodes()
+        if len(nodes) < d.min_nodes:
+            raise RunError(f"only {len(nodes)} of deploy.min_nodes={d.min_nodes} nodes connected within "
+                           f"deploy.node_wait={d.node_wait:g}s; start the SuperNodes (`fedllm node …`) and retry")
+        replies = self._ask(nodes, d.node_wait)
+        if not replies:
+            raise RunError("no node answered the census; see the SuperNodes' logs")
+        census, _ = merge_censuses(list(replies.values()))
+        if not census.ids:
+            raise RunError("the connected nodes hold no client of this run")
+        self.reporter.info(f"  {len(replies)} nodes hold {len(census.ids)} clients")
+        return census
+
+    def _nodes(self) -> list[int]:
+        return sorted(self.grid.get_node_ids())
+
+    def _ask(self, nodes: list[int], timeout: float) -> dict[int, dict[str, Any]]:
+        """Ask nodes which clients they hold; remember the answers."""
+        msgs = [Message(R.pack({"run": self.run_config}), dst_node_id=n, message_type=R.CENSUS, group_id="census")
+                for n in nodes]
+        out: dict[int, dict[str, Any]] = {}
+        for m in self.grid.send_and_receive(msgs, timeout=timeout):
+            node = m.metadata.src_node_id
+            self.asked.add(node)
+            why = _failure(m)
+            if why is not None:
+                self.reporter.warn(f"node {node} cannot serve this run: {why}")
+                continue
+            header, _ = R.unpack(m.content)
+            out[node] = header
+            for cid in header["census"]["ids"]:
+                self.node_of[cid] = node
+        return out
+
+    def refresh(self) -> None:
+        """Forget clients of nodes that left; ask nodes that joined (or came back) what they hold."""
+        nodes = self._nodes()
+        live = set(nodes)
+        self.node_of = {c: n for c, n in self.node_of.items() if n in live}
+        new = [n for n in nodes if n not in self.asked]
+        if new:
+            got = self._ask(new, min(self.cfg.deploy.node_wait, 120.0))
+            for n, header in got.items():
+                self.reporter.info(f"  node {n} joined with clients {', '.join(header['census']['ids'][:8])}")
+
+    def tests(self, ids: list[str]) -> dict[str, list[Sample]]:
+        return {}  # held-out data stays on the nodes: see FederatedEvaluator
+
+    def transport(self, runtime: ClientRuntime, on_step: StepCallback, wire: WireSpec) -> FlowerTransport:
+        return FlowerTransport(self, wire)
+
+
+class FlowerTransport:
+    """Instructions out to the nodes holding the clients, replies back as they arrive; a client whose
+    node is gone, fails or does not answer within ``deploy.round_timeout`` yields a failed exchange."""
+
+    def __init__(self, fleet: FlowerFleet, wire: WireSpec) -> None:
+        self.fleet, self.wire = fleet, wire
+
+    def run(self, instructions: Iterable[Instruction]) -> Iterator[Exchange]:
+        fleet = self.fleet
+        fleet.refresh()
+        pending: dict[str, tuple[str, int]] = {}  # message id -> (client, bytes down)
+        out: list[Message] = []
+        sizes: dict[str, int] = {}
+        for ins in instructions:
+            node = fleet.node_of.get(ins.client_id)
+            if node is None:
+                yield Exchange(ins.client_id, None, 0, 0, "no connected node holds this client")
+                continue
+            blob = ins.to_bytes(self.wire)
+            sizes[ins.client_id] = len(blob)
+            out.append(Message(R.pack({"run": fleet.run_config, "client": ins.client_id, "round": ins.round}, blob),
+                               dst_node_id=node, message_type=R.TRAIN, group_id=f"round-{ins.round + 1}"))
+        for mid, msg in zip(fleet.grid.push_messages(out), out):
+            header, _ = R.unpack(msg.content)
+            pending[mid] = (header["client"], sizes[header["client"]])
+        deadline = time.monotonic() + fleet.cfg.deploy.round_timeout
+        while pending and time.monotonic() < deadline:
+            got = list(fleet.grid.pull_messages(list(pending)))
+            for m in got:
+                mid = m.metadata.reply_to_message_id
+                if mid not in pending:
+                    continue
+                cid, down = pending.pop(mid)
+                yield self._exchange(cid, down, m)
+            if pending and not got:
+                time.sleep(POLL)
+        for cid, down in pending.values():
+            yield Exchange(cid, None, down, 0, f"no reply within deploy.round_timeout={fleet.cfg.deploy.round_timeout:g}s")
+
+    @staticmethod
+    def _exchange(cid: str, down: int, m: Message) -> Exchange:
+        why = _failure(m)
+        if why is not None:
+            return Exchange(cid, None, down, 0, why)
+        try:
+            header, blob = R.unpack(m.content)
+            reply = Reply.from_bytes(blob)
+        except (ValueError, MessageError) as e:
+            return Exchange(cid, None, down, 0, f"malformed reply ({e})")
+        if reply.update.client_id != cid:
+            return Exchange(cid, None, down, len(blob), f"reply names client {reply.update.client_id!r}")
+        reply.metrics["node"] = m.metadata.src_node_id  # where it ran: the node, and the process that served it
+        reply.metrics["node_pid"] = header.get("pid")
+        return Exchange(cid, reply, down, len(blob))
+
+
+class FederatedEvaluator:
+    """Held-out evaluation on the nodes: each evaluates the global adapter on its clients' test splits;
+    the server pools per-client numbers as ``evaluate_heldout`` does (weighted by loss units)."""
+
+    def __init__(self, fleet: FlowerFleet, slot: Any, batch_size: int, cap: int | None) -> None:
+        self.fleet, self.slot, self.batch_size, self.cap = fleet, slot, batch_size, cap
+
+    def prepare(self, task: Task, precision: Precision, tests: dict[str, list[Sample]]) -> None:
+        self.perplexity = task.objective.perplexity
+
+    def __call__(self, model: Any) -> dict[str, Any]:
+        from fedllm.eval.heldout import HeldoutResult
+
+        fleet = self.fleet
+        fleet.refresh()
+        blob = st_save({k: v.detach().to("cpu").contiguous() for k, v in self.slot.read().items()})  # what the model holds
+        by_node: dict[int, list[str]] = {}
+        for cid, node in fleet.node_of.items():
+            by_node.setdefault(node, []).append(cid)
+        msgs = [Message(R.pack({"run": fleet.run_config, "clients": cids, "cap": self.cap, "batch_size": self.batch_size},
+                               blob), dst_node_id=node, message_type=R.EVALUATE, group_id="eval")
+                for node, cids in by_node.items()]
+        per_client: dict[str, dict[str, float]] = {}
+        for m in fleet.grid.send_and_receive(msgs, timeout=fleet.cfg.deploy.round_timeout):
+            why = _failure(m)
+            if why is not None:
+                fleet.reporter.warn(f"evaluation on node {m.metadata.src_node_id} failed: {why}")
+                continue
+            header, _ = R.unpack(m.content)
+            per_client.update(header["per_client"])
+        order = [c for c in fleet.node_of if c in per_client]
+        res = HeldoutResult(per_client={c: per_client[c] for c in sorted(order)}, perplexity=self.perplexity)
+        units = sum(v["tokens"] for v in per_client.values())
+        if units:
+            res.pooled_loss = sum(v["loss"] * v["tokens"] for v in per_client.values()) / units
+            res.mean_client_loss = sum(v["loss"] for v in per_client.values()) / len(per_client)
+            keys = [k for k in next(iter(per_client.values())) if k not in ("loss", "tokens")]
+            res.stats = {k: sum(v[k] * v["tokens"] for v in per_client.values()) / units for k in keys}
+        return res.to_dict()
+
+
+def _failure(m: Message) -> str | None:
+    """Why a node's reply carries no result (Flower's error, or the node's own one-line error)."""
+    if m.has_error():
+        return f"node error {m.error.code}: {str(m.error.reason).strip().splitlines()[-1] if m.error.reason else ''}"
+    try:
+        header, _ = R.unpack(m.content)
+    except ValueError as e:
+        return str(e)
+    return header.get("error")
