@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from fedllm.config import RunConfig, dump_config
-from fedllm.distributed.launch import (QUIET_ENV, TLS, Cluster, LaunchError, _bin, free_port, submit, tail, write_app,
+from fedllm.distributed.launch import (QUIET_ENV, TLS, Cluster, LaunchError, _bin, free_port, node_argv, submit, tail,
+                                       write_app,
                                        write_flower_home)
 
 
@@ -97,18 +98,6 @@ def run_app(cluster: Cluster, cfg: RunConfig, home: Path, resume: str, say: Call
         time.sleep(0.5)
     failed = any(w in text for w in ("run stopped:", "cannot start the run:", "Traceback")) or proc.returncode != 0
     return 1 if failed else 0
-
-
-def node_argv(superlink: str, node_config: dict[str, object], tls_ca: Path | None, auth_key: Path | None,
-              port: int) -> list[str]:
-    from fedllm.distributed.launch import _toml_value
-
-    argv = [_bin("flower-supernode"), "--superlink", superlink, "--port", str(port),
-            "--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())]
-    argv += ["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"]
-    if auth_key is not None:
-        argv += ["--auth-supernode-private-key", str(auth_key)]
-    return argv
 
 
 def launch(cfg: RunConfig, nodes: int, sec: Security, resume: str, say: Callable[[str], None]) -> int:

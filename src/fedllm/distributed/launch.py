@@ -137,8 +137,6 @@ class Cluster:
 
     def supernode(self, name: str, superlink: str, port: int, node_config: dict[str, object], tls: TLS | None,
                   auth_key: Path | None = None, netns: str | None = None) -> subprocess.Popen:
-        from fedllm.distributed.deploy import node_argv
-
         return self.start(name, node_argv(superlink, node_config, tls.ca if tls else None, auth_key, port), netns=netns)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
@@ -177,6 +175,16 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def node_argv(superlink: str, node_config: dict[str, object], tls_ca: Path | None, auth_key: Path | None,
+              port: int) -> list[str]:
+    argv = [_bin("flower-supernode"), "--superlink", superlink, "--port", str(port),
+            "--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())]
+    argv += ["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"]
+    if auth_key is not None:
+        argv += ["--auth-supernode-private-key", str(auth_key)]
+    return argv
 
 
 def _tls_args(tls: TLS | None) -> list[str]:

@@ -26,7 +26,7 @@ from torch import Tensor
 from fedllm.data.formatting import PREFERENCE_KEYS, collate, encode_preference
 from fedllm.data.schema import PreferenceSample, Sample
 from fedllm.train.cost import ModelShape
-from fedllm.train.objectives import Objective, labelled_token_losses, register_objective, to_device
+from fedllm.train.objective import Objective, labelled_token_losses, register_objective, to_device
 
 Reference = Literal["base", "round_start"]
 

@@ -19,7 +19,7 @@ from fedllm.data import formatting, schema
 from fedllm.data.formatting import Template, get_template
 from fedllm.data.schema import Sample
 from fedllm.hashing import stable_hash
-from fedllm.train import objectives
+from fedllm.train import objective
 from fedllm.train.objectives import Objective, get_objective, objective_for
 
 
@@ -62,7 +62,7 @@ class Task:
         tok = self.tokenizer
         backend = getattr(tok, "backend_tokenizer", None)
         definition = backend.to_str() if backend is not None else sorted(tok.get_vocab().items())
-        modules = (formatting, schema, objectives, sys.modules[type(self.objective).__module__])
+        modules = (formatting, schema, objective, sys.modules[type(self.objective).__module__])  # the API and the objective
         code = [Path(m.__file__).read_text(encoding="utf-8") for m in modules]
         return stable_hash(self.objective.name, self.template.name, getattr(tok, "chat_template", None), definition,
                            tok.bos_token, tok.eos_token, tok.pad_token, self.max_length, code)
