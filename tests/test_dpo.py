@@ -111,7 +111,7 @@ def test_round_start_reference_equals_trls_copied_ref_adapter(tok):
     batch = obj.collate(feats, tok.pad_token_id)
     loss, n, stats = obj.loss_stats(model, batch)
     trl_loss, trl_stats = trl_says(trainer, batch)
-    assert float(loss) / n == pytest.approx(trl_loss, abs=1e-6)
+    assert float(loss.detach()) / n == pytest.approx(trl_loss, abs=1e-6)
     for k, v in trl_stats.items():
         assert stats[k] / n == pytest.approx(v, abs=1e-6), k
 

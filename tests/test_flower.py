@@ -86,6 +86,57 @@ def test_certs_make_a_ca_a_server_cert_for_the_hosts_and_private_node_keys(tmp_p
         make_certs(tmp_path, ["localhost"])
 
 
+def test_the_transport_turns_bad_replies_into_logged_failures(monkeypatch):
+    """A node's error, a reply that is not a fedllm message, and one naming another client are failed
+    exchanges with their reason; a good one decodes to the client's update."""
+    from flwr.app import Error, Message, RecordDict
+
+    from fedllm.distributed import records as R
+    from fedllm.distributed.server import FlowerTransport
+    from fedllm.engine.messages import Reply
+    from fedllm.fl import ClientUpdate
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for ident in ("_run_id", "_task_id", "_node_id"):  # what a ServerApp process has set
+        monkeypatch.setattr(TaskIdentity, ident, 1)
+    sent = Message(RecordDict(), dst_node_id=7, message_type=R.TRAIN)
+
+    def reply_msg(content: RecordDict | None = None, error: Error | None = None) -> Message:
+        return Message(content if error is None else error, reply_to=sent)
+
+    good = Reply(0, ClientUpdate("u1", {"a": torch.ones(2)}, 3, 3, 1, 0.1, {}), {"loss": 1.0}).to_bytes()
+    ex = FlowerTransport._exchange("u1", 10, reply_msg(R.pack({"pid": 5}, good)))
+    assert ex.reply is not None and ex.reply.update.client_id == "u1" and ex.bytes_up == len(good)
+    assert ex.reply.metrics["node"] == 7 and ex.reply.metrics["node_pid"] == 5
+    cases = [(reply_msg(error=Error(code=5, reason="Node Unavailable")), "node error 5: Node Unavailable"),
+             (reply_msg(R.pack({"error": "NodeError: this node holds no client of the run"})), "holds no client"),
+             (reply_msg(R.pack({}, b"garbage")), "malformed reply"),
+             (reply_msg(RecordDict()), "not a fedllm message"),
+             (reply_msg(R.pack({}, good)), "reply names client 'u1'")]
+    for msg, words in cases:
+        ex = FlowerTransport._exchange("u9" if "names" in words else "u1", 10, msg)
+        assert ex.reply is None and words in ex.failure, ex.failure
+
+
+def test_deployment_commands_refuse_bad_input_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedllm.cli import app
+
+    runner = CliRunner()
+    cases = [(["launch", "model.name=tiny", "--auth"], "needs TLS"),
+             (["launch", "model.name=tiny", "--tls", str(tmp_path / "none")], "TLS files missing"),
+             (["launch", "model.name=tiny", "--ray", "--tls", str(tmp_path)], "--ray runs in this process"),
+             (["node", "--partition", "3"], "write i/N"),
+             (["node", "--root-certificates", str(tmp_path / "ca.crt")], "no such file")]
+    for argv, words in cases:
+        res = runner.invoke(app, argv)
+        flat = " ".join(res.output.replace("│", " ").split())  # typer boxes and wraps usage errors
+        assert res.exit_code == 2 and words in flat, (argv, res.output)
+        assert "Traceback" not in res.output
+
+
 # ---------------------------------------------------------------------------- real deployments
 
 
