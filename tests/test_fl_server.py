@@ -175,3 +175,38 @@ def test_local_optimizer(optimizer):
         assert torch.allclose(moved[k][grad[k].abs() > 1e-6].abs(), torch.tensor(lr), rtol=1e-2)
     assert type(trainer.make_optimizer(list(slot.params.values()), lr, 0.0, 0.9)).__name__ == \
         {"sgd": "SGD", "sgdm": "SGD", "adamw": "AdamW"}[optimizer]
+
+
+def test_a_secure_step_from_the_mean_equals_the_step_from_the_updates():
+    """Under secure aggregation the server gets Σ p_i Δ_i only; for mean-based methods the step from it is
+    the step from the updates: FedAdam's m, v and the new adapter agree (p = 1/4, 3/4 by samples)."""
+    plain, secure = build_algorithm(FLParams("fedadam"), 4), build_algorithm(FLParams("fedadam"), 4)
+    ref = plain.step(W0, ROUND1)
+    mean = {"x": 0.25 * ROUND1[0].delta["x"] + 0.75 * ROUND1[1].delta["x"]}  # [0.1, 0.175] by hand
+    counts = [ClientUpdate(u.client_id, {}, u.num_samples) for u in ROUND1]
+    got = secure.step_secure(W0, mean, counts)
+    torch.testing.assert_close(got.state["x"], ref.state["x"], rtol=0, atol=1e-15)
+    assert got.accepted == ["a", "b"] and got.weights == [0.25, 0.75] and secure.rounds_done == 1
+    assert secure.state_dict().keys() == plain.state_dict().keys()
+    bad = secure.step_secure(W0, {"x": t(float("nan"), 0.0)}, counts)
+    assert bad.state is None and "non-finite" in bad.skipped and secure.rounds_done == 1
+
+
+@pytest.mark.parametrize(("params", "words"), [
+    (FLParams("scaffold"), "client method scaffold"),
+    (FLParams("fedavg", aggregator="median"), "median aggregator needs every update"),
+    (FLParams("fedavg", weighting="seen"), "known only after training"),
+    (FLParams("fedavg", transforms=[{"name": "clip", "max_norm": 1.0, "where": "server"}]), "act on each update at the server"),
+    (FLParams("fedavg", max_update_norm=2.0), "max_update_norm"),
+    (FLParams("local"), "nothing to aggregate"),
+])
+def test_what_cannot_run_from_a_secure_sum_says_why(params, words):
+    assert words in build_algorithm(params, 4).secure_sum_problem()
+
+
+def test_mean_based_methods_can_run_from_a_secure_sum():
+    for name in ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi"):
+        assert build_algorithm(FLParams(name), 4).secure_sum_problem() is None
+    assert build_algorithm(FLParams("fedavg", weighting="uniform"), 4).secure_sum_problem() is None
+    clip_on_client = FLParams("fedavg", transforms=[{"name": "clip", "max_norm": 1.0}])  # runs before upload
+    assert build_algorithm(clip_on_client, 4).secure_sum_problem() is None

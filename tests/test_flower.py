@@ -137,6 +137,23 @@ def test_deployment_commands_refuse_bad_input_in_one_line(tmp_path):
         assert "Traceback" not in res.output
 
 
+def test_a_run_that_needs_every_update_refuses_secure_aggregation_before_it_starts(tmp_path):
+    from fedllm.engine.fleet import LocalFleet
+    from fedllm.engine.progress import Reporter
+    from fedllm.engine.simulation import Simulation
+    from fedllm.runs import RunError
+    from tests.conftest import synthetic_federation
+
+    class SecureFleet(LocalFleet):
+        secure = True
+
+    cfg = tiny_config(tmp_path, fl={"algorithm": "scaffold"})
+    sim = Simulation(cfg, fleet=SecureFleet(synthetic_federation()), reporter=Reporter(quiet=True))
+    with pytest.raises(RunError, match=r"deploy.secagg: scaffold needs what each client sends besides its update"):
+        sim.run()
+    assert not cfg.run_dir.exists()  # nothing half-made is left
+
+
 # ---------------------------------------------------------------------------- real deployments
 
 
@@ -370,3 +387,34 @@ def test_ray_simulation_runs_clients_in_parallel_actors_to_the_sequential_result
     # was loaded by at most two processes, not once per message as in a deployment
     assert 1 <= len({e["node_pid"] for e in clients}) <= 2
 
+
+
+@pytest.mark.timeout(400)
+def test_secagg_rounds_reach_the_plain_mean_within_quantization(tmp_path):
+    """SecAgg+ with three nodes (node 0 holds two clients): the server unmasks only the weighted mean;
+    FedAvg lands within SecAgg+'s quantization of the in-process run, and client metrics still arrive."""
+    clip, levels = 0.5, 2 ** 24
+    cfg = deployed_config(tmp_path, fl={"rounds": 1, "clients_per_round": 4},
+                          deploy={"min_nodes": 3, "node_wait": 120,
+                                  "secagg": {"clipping_range": clip, "quantization_range": levels}})
+    with Cluster(tmp_path / "work") as c:
+        port = free_port()
+        home = start_link(c, Security(), "127.0.0.1", port, lambda s: None)
+        for i, clients in enumerate(("user0,user3", "user1", "user2")):
+            c.supernode(f"node-{i}", f"127.0.0.1:{port}", free_port(), {"clients": clients}, None)
+        run = start_run(c, cfg, home)
+        assert run.wait(timeout=360) == 0, c.logs["flwr-run"].read_text()[-3000:]
+        assert "Secure aggregation completed" in c.logs["flwr-run"].read_text()
+    rounds = events(cfg.run_dir, "round")
+    assert [sorted(e["aggregated"]) for e in rounds] == [["user0", "user1", "user2", "user3"]]
+    clients = events(cfg.run_dir, "client")
+    assert len(clients) == 4 and all(e["loss"] > 0 and e["secagg_clipped"] == 0 for e in clients)
+    sim, _ = simulated(cfg.model_copy(update={"deploy": cfg.deploy.model_copy(update={"secagg": None})}), tmp_path)
+    # one round from the same adapter: the difference is SecAgg+'s rounding alone, a few levels of
+    # 2·clip/levels (stochastic rounding of three nodes' weighted updates and of their weights). Later
+    # rounds would train on from slightly different adapters, which local Adam steps amplify.
+    got = load_file(str(cfg.run_dir / "checkpoints" / "round-1" / "adapter.safetensors"))
+    ref = load_file(str(sim.run_dir / "checkpoints" / "round-1" / "adapter.safetensors"))
+    step = 2 * clip / levels
+    worst = max((got[k] - ref[k]).abs().max().item() for k in ref)
+    assert 0 < worst < 8 * step, worst  # quantized (not bit-identical), and only by rounding

@@ -158,6 +158,19 @@ class CheckpointConfig(_Section):
     keep: int = Field(2, ge=1, description="keep the newest N round checkpoints")
 
 
+class SecAggConfig(_Section):
+    """SecAgg+ (Flower's secure aggregation): the server learns only the round's weighted mean update."""
+
+    num_shares: Union[int, float] = Field(3, gt=0, description="shares of each node's key (int > 2, or a share of the "
+                                                               "round's nodes); more tolerates more dropouts")
+    reconstruction_threshold: Union[int, float] = Field(2, gt=0, description="shares needed to rebuild a key (int < "
+                                                                             "num_shares, or a share of them)")
+    clipping_range: float = Field(1.0, gt=0, description="a node's weighted update is clipped to ±this before "
+                                                         "quantization (it reports how many entries were clipped)")
+    quantization_range: int = Field(4194304, gt=1, description="quantization levels (2**22); nodes × this must stay "
+                                                               "below 2**32")
+
+
 class DeployConfig(_Section):
     """How the server treats clients it reaches over a network (Flower); in-process every client replies."""
 
@@ -167,6 +180,8 @@ class DeployConfig(_Section):
                                                            "client that has not answered by then is logged as missing")
     min_nodes: int = Field(1, ge=1, description="nodes the server waits for before the first round")
     node_wait: float = Field(300.0, gt=0, description="seconds to wait for deploy.min_nodes nodes to connect")
+    secagg: Optional[SecAggConfig] = Field(None, description="secure aggregation (SecAgg+, at least 3 nodes per "
+                                                             "round): {num_shares: 3, reconstruction_threshold: 2}")
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")

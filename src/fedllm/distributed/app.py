@@ -16,13 +16,14 @@ import os
 from typing import Any
 
 from flwr.app import Context, Message
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedllm.distributed import records as R
 
 server_app = ServerApp()
-client_app = ClientApp()
+client_app = ClientApp(mods=[secaggplus_mod])  # the mod acts only on SecAgg+'s "train" messages
 
 
 @server_app.main()
@@ -78,3 +79,20 @@ def train(msg: Message, context: Context) -> Message:
 @client_app.evaluate("fedllm_heldout")
 def evaluate(msg: Message, context: Context) -> Message:
     return _serve(msg, context, lambda node, h, b: (node.evaluate(b, h["clients"], h["cap"], h["batch_size"]), b""))
+
+
+@client_app.train()
+def secure_round(msg: Message, context: Context) -> Message:
+    """A round under SecAgg+ (``deploy.secagg``): train this node's sampled clients and answer with their
+    weighted mean and total weight, which ``secaggplus_mod`` masks before it leaves."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    from fedllm.distributed.secagg import KEY, node_fit
+
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    header = json.loads(str(fitins.config[KEY]))
+    node = _node(str(header["run"]["config"]), json.dumps(dict(context.node_config), sort_keys=True))
+    arrays, total, info = node_fit(node, fitins.config, float(header["clip"]), float(header["max_weight"]))
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), total, {KEY: json.dumps(info)})
+    return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)

@@ -71,7 +71,7 @@ def start_link(cluster: Cluster, sec: Security, host: str, port: int, say: Calla
         argv = [_bin("flwr"), "supernode", "register", str(pub), "fedllm"]
         r = subprocess.run(["ip", "netns", "exec", netns, *argv] if netns else argv, env=cluster.env(home),
                            capture_output=True, text=True, timeout=120)
-        if r.returncode != 0:
+        if r.returncode != 0 and "already in use" not in r.stdout + r.stderr:  # registered before: keep it
             words = [ln.strip(" │╭╰─") for ln in ANSI.sub("", r.stdout + r.stderr).splitlines()]
             raise LaunchError(f"registering {pub} failed: {' '.join(w for w in words if w)[-300:]}")
     say(f"SuperLink on {host}:{port} ({'TLS' if tls else 'insecure: no TLS'}"

@@ -44,6 +44,7 @@ class FlowerFleet:
         self.run_config = run_config  # what every request carries: the run's config (YAML) and name
         self.node_of: dict[str, int] = {}  # client id -> node id
         self.asked: set[int] = set()  # nodes whose census we have
+        self.trainable: dict[str, int] = {}  # usable training samples per client (SecAgg+ weights)
 
     # ------------------------------------------------------------------ census
     def census(self, cfg: RunConfig, task: Task) -> Census:
@@ -60,6 +61,7 @@ class FlowerFleet:
         if not replies:
             raise RunError("no node answered the census; see the SuperNodes' logs")
         census, _ = merge_censuses(list(replies.values()))
+        self.trainable = census.trainable
         if not census.ids:
             raise RunError("the connected nodes hold no client of this run")
         self.reporter.info(f"  {len(replies)} nodes hold {len(census.ids)} clients")
@@ -100,8 +102,19 @@ class FlowerFleet:
     def tests(self, ids: list[str]) -> dict[str, list[Sample]]:
         return {}  # held-out data stays on the nodes: see FederatedEvaluator
 
-    def transport(self, runtime: ClientRuntime, on_step: StepCallback, wire: WireSpec) -> FlowerTransport:
-        return FlowerTransport(self, wire)
+    @property
+    def secure(self) -> bool:
+        """Whether rounds run under SecAgg+ (the server sees only their weighted mean)."""
+        return self.cfg.deploy.secagg is not None
+
+    def transport(self, runtime: ClientRuntime, on_step: StepCallback, wire: WireSpec) -> Any:
+        if not self.secure:
+            return FlowerTransport(self, wire)
+        from fedllm.distributed.secagg import SecAggTransport
+        from fedllm.fl import build_algorithm
+
+        weighting = build_algorithm(self.cfg.fl, 1).weighting()
+        return SecAggTransport(self, wire, self.cfg.deploy.secagg, weighting, dict(self.trainable))
 
 
 class FlowerTransport:

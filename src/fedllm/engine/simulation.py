@@ -148,6 +148,8 @@ class Simulation:
             except ValueError as e:
                 raise RunError(f"fl.aggregator {self.algorithm.aggregator.name} with fl.clients_per_round="
                                f"{cfg.fl.clients_per_round}: {e}") from None
+        if getattr(self.fleet, "secure", False) and (problem := self.algorithm.secure_sum_problem()):
+            raise RunError(f"deploy.secagg: {problem}")
         up = cfg.comm.up
         feedback = up.error_feedback and not lossless(up)
         self.store = ClientStateStore(self.run_dir / CLIENT_STATE) if self.algorithm.stateful_clients or feedback else None
@@ -358,6 +360,8 @@ class Simulation:
         if updates and len(updates) < cfg.deploy.min_replies:
             outcome = RoundOutcome(state=None, skipped=f"{len(updates)} of {len(sampled)} clients replied, fewer "
                                                        f"than deploy.min_replies={cfg.deploy.min_replies}")
+        elif getattr(transport, "secure", False):  # the server sees only the weighted mean
+            outcome = alg.step_secure(global_state, transport.secure_mean or {}, updates)
         else:
             outcome = alg.step(global_state, updates)
         for cid, why in outcome.dropped:

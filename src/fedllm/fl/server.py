@@ -172,6 +172,45 @@ class Algorithm:
         self.rounds_done += 1
         return RoundOutcome(new_state, ids, weights, dropped)
 
+    def secure_sum_problem(self) -> str | None:
+        """Why the server step cannot be made from the round's weighted mean alone (as under secure
+        aggregation, where no single update is seen), or None."""
+        if self.single_client:
+            return "the Local baseline has nothing to aggregate"
+        if self.aggregator.name != "mean":
+            return f"the {self.aggregator.name} aggregator needs every update, not only their weighted mean"
+        if self.method.stateful_clients or self.method.name not in ("plain", "fedprox"):
+            return f"{self.params.algorithm} needs what each client sends besides its update (client method {self.method.name})"
+        if self.weighting() not in ("samples", "uniform"):
+            return f"weighting {self.weighting()} is known only after training; use samples or uniform"
+        server_side = [t.name for t in self.transforms[1:] if not t.on_client_side]
+        if server_side:
+            return f"transforms {server_side} act on each update at the server (client-side ones such as dp-local work)"
+        if self.params.max_update_norm is not None:
+            return "fl.max_update_norm checks each update, which secure aggregation hides"
+        return None
+
+    def step_secure(self, global_state: State, mean_delta: State, accepted: list[ClientUpdate]) -> RoundOutcome:
+        """The server step from a weighted mean the server could not take apart (secure aggregation):
+        ``accepted`` carry counts only. The mean must fit the adapter and be finite."""
+        ids = [u.client_id for u in accepted]
+        if not accepted:
+            return RoundOutcome(None, skipped="no client completed the secure aggregation")
+        weights = self.weights(accepted)
+        for t in self.transforms[1:]:  # client-side transforms only (secure_sum_problem): their bookkeeping
+            t.begin_round()
+            for u in accepted:
+                t.on_update(u, global_state)
+        if mean_delta.keys() != global_state.keys() or not all_finite(mean_delta):
+            return RoundOutcome(None, ids, weights, [], "the securely aggregated update is malformed or non-finite")
+        before = self.state_dict()
+        new_state = self.optimizer.step(global_state, mean_delta, self.rounds_done)
+        if not all_finite(new_state):
+            self.load_state_dict(before)
+            return RoundOutcome(None, ids, weights, [], "the server step gave non-finite values")
+        self.rounds_done += 1
+        return RoundOutcome(new_state, ids, weights, [])
+
     def aggregate(self, global_state: State, updates: list[ClientUpdate]) -> State:
         """New global adapter from the old one and this round's updates; ValueError if none is usable."""
         outcome = self.step(global_state, updates)
