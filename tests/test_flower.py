@@ -418,3 +418,28 @@ def test_secagg_rounds_reach_the_plain_mean_within_quantization(tmp_path):
     step = 2 * clip / levels
     worst = max((got[k] - ref[k]).abs().max().item() for k in ref)
     assert 0 < worst < 8 * step, worst  # quantized (not bit-identical), and only by rounding
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_secagg_goes_on_without_a_node_that_drops_out_mid_protocol(tmp_path):
+    """Four nodes, each key in 3 shares of which 2 rebuild it: a node killed once it has its masking
+    keys (before it sends its masked vector) is unmasked away by its neighbours' shares; the round
+    aggregates the other three nodes' clients and logs the dropped node's as missing."""
+    cfg = deployed_config(tmp_path, fl={"rounds": 1, "clients_per_round": 4},
+                          deploy={"min_nodes": 4, "node_wait": 120, "round_timeout": 60,
+                                  "secagg": {"num_shares": 3, "reconstruction_threshold": 2}})
+    with Cluster(tmp_path / "work") as c:
+        port = free_port()
+        home = start_link(c, Security(), "127.0.0.1", port, lambda s: None)
+        for i in range(4):
+            c.supernode(f"node-{i}", f"127.0.0.1:{port}", free_port(), {"clients": f"user{i}"}, None)
+        run = start_run(c, cfg, home)
+        # stages arrive as "train" messages: setup, share keys, collect masked vectors, unmask
+        wait_for(lambda: c.logs["node-3"].read_text().count("Receiving: train message") >= 3, 240,
+                 "node 3 to reach the collect stage", c)
+        c.kill("node-3")
+        assert run.wait(timeout=400) == 0, c.logs["flwr-run"].read_text()[-3000:]
+    (rnd,) = events(cfg.run_dir, "round")
+    assert sorted(rnd["aggregated"]) == ["user0", "user1", "user2"] and rnd["missing"] == ["user3"]
+    assert rnd["skipped"] is None and rnd["update_norm"] > 0
