@@ -35,6 +35,9 @@ def main(grid: Grid, context: Context) -> None:
 
 def _serve(msg: Message, context: Context, handler: Any) -> Message:
     """Run a node-side request; a problem the node can name is one line back to the server."""
+    from fedllm.distributed.serve import quiet_libraries
+
+    quiet_libraries()
     from fedllm.config import ConfigError
     from fedllm.distributed.node import NodeError
     from fedllm.engine.client import ClientError

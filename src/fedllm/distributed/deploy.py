@@ -80,24 +80,42 @@ def start_link(cluster: Cluster, sec: Security, host: str, port: int, say: Calla
 
 
 def run_app(cluster: Cluster, cfg: RunConfig, home: Path, resume: str, say: Callable[[str], None]) -> int:
-    """Submit the run with ``flwr run`` and follow its log until it ends; the run's exit status."""
+    """Submit the run with ``flwr run`` and follow its log until it ends; the run's exit status (130 on
+    Ctrl-C, after which the caller stops every process)."""
+    try:
+        return _follow(cluster, cfg, home, resume, say)
+    except KeyboardInterrupt:
+        say(f"interrupted: stopping every process; the same command resumes {cfg.run_dir} from its last checkpoint")
+        return 130
+
+
+def _follow(cluster: Cluster, cfg: RunConfig, home: Path, resume: str, say: Callable[[str], None]) -> int:
     app = write_app(cluster.workdir / "app", dump_config(cfg), Path(cfg.output_dir), resume)
+    log = cluster.workdir / "flwr-run.log"
+    shown = log.stat().st_size if log.exists() else 0  # the log is appended to: show this run's part
     proc = submit(cluster, app, home)
-    log = cluster.logs["flwr-run"]
-    shown = 0
+    seen: list[str] = []
     while True:
         done = proc.poll() is not None
-        text = log.read_text(errors="replace")
-        if len(text) > shown:
-            for line in ANSI.sub("", text[shown:]).splitlines():
+        with open(log, "rb") as f:
+            f.seek(shown)
+            chunk = f.read()
+        if chunk:
+            shown += len(chunk)
+            text = chunk.decode(errors="replace")
+            seen.append(text)
+            for line in ANSI.sub("", text).splitlines():
                 if line.strip() and "warnings.warn" not in line and "Warning:" not in line:
                     say(line)
-            shown = len(text)
         if done:
             break
         time.sleep(0.5)
-    failed = any(w in text for w in ("run stopped:", "cannot start the run:", "Traceback")) or proc.returncode != 0
-    return 1 if failed else 0
+    out = "".join(seen)
+    if "done: " in out and proc.returncode == 0:
+        return 0
+    if not any(w in out for w in ("run stopped:", "run failed:")):
+        say(f"the run ended without finishing (see {cluster.workdir}/superlink.log)")
+    return 1
 
 
 def launch(cfg: RunConfig, nodes: int, sec: Security, resume: str, say: Callable[[str], None]) -> int:
@@ -111,7 +129,10 @@ def launch(cfg: RunConfig, nodes: int, sec: Security, resume: str, say: Callable
     keys = sec.node_keys()
     if sec.auth and len(keys) < nodes:
         raise LaunchError(f"--auth with --nodes {nodes}: only {len(keys)} node keys in {sec.tls_dir}")
-    with Cluster(workdir_of(cfg)) as cluster:
+    work = workdir_of(cfg)
+    for stale in work.glob("superlink.db*"):  # everything restarts: no node is "online" from a killed launch
+        stale.unlink()
+    with Cluster(work) as cluster:
         port = free_port()
         home = start_link(cluster, sec, "127.0.0.1", port, say)
         for i in range(nodes):
@@ -170,15 +191,12 @@ def simulate_ray(cfg: RunConfig, nodes: int, client_cpus: float, client_gpus: fl
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        try:
-            result["summary"] = run_server(grid, {"config": text, "output-dir": str(Path(cfg.output_dir).resolve()),
-                                                  "resume": resume})
-        except SystemExit as e:
-            result["exit"] = e.code
+        result["summary"] = run_server(grid, {"config": text, "output-dir": str(Path(cfg.output_dir).resolve()),
+                                              "resume": resume})
 
     os.environ.update({k: v for k, v in QUIET_ENV.items()})
     backend = {"client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
                "init_args": {"logging_level": "ERROR", "log_to_driver": True}}
     say(f"Flower simulation (Ray): {nodes} virtual SuperNodes, {client_cpus:g} CPU and {client_gpus:g} GPU per ClientApp")
     run_simulation(server, client_app, num_supernodes=nodes, backend_name="ray", backend_config=backend)
-    return 0 if "summary" in result else int(result.get("exit") or 1)
+    return 0 if result.get("summary") is not None else 1

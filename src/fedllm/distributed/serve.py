@@ -36,31 +36,51 @@ class LogReporter(Reporter):
         yield _Lines(self.console, total, start)
 
 
-def run_server(grid: Any, run_config: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume) the fedllm run that ``run_config`` names, with its clients on Flower nodes."""
-    from fedllm.engine.simulation import Session, Simulation
+def quiet_libraries() -> None:
+    """Keep the app's log for fedllm's lines: no library progress bars or deprecation chatter."""
+    import warnings
 
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def run_server(grid: Any, run_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Run (or resume) the fedllm run that ``run_config`` names, with its clients on Flower nodes; the
+    run's summary, or None when it stopped (the reason is the last line of the log)."""
+    quiet_libraries()
     reporter = LogReporter(Console(file=sys.stdout, force_terminal=False, width=120))
     try:
-        text = str(run_config["config"])
-        data = yaml.safe_load(text)
-        if run_config.get("output-dir"):
-            data["output_dir"] = str(run_config["output-dir"])
-        cfg = build_config(data, source="the Flower run config")
-    except (KeyError, ConfigError, yaml.YAMLError) as e:
-        reporter.warn(f"cannot start the run: {e}")
-        raise SystemExit(2) from None
+        return _run(grid, run_config, reporter)
+    except (RunError, ConfigError, yaml.YAMLError, KeyError) as e:
+        # Return, not exit: Flower then ends the run normally and ships the whole log.
+        reporter.warn(f"run stopped: {e}")
+        return None
+    except Exception as e:
+        reporter.warn(f"run failed: {type(e).__name__}: {e}")
+        raise
+    finally:
+        sys.stdout.flush()
+
+
+def _run(grid: Any, run_config: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    from fedllm.engine.simulation import Session, Simulation
+
+    text = str(run_config["config"])
+    data = yaml.safe_load(text)
+    if run_config.get("output-dir"):
+        data["output_dir"] = str(run_config["output-dir"])
+    cfg = build_config(data, source="the Flower run config")
     resume = str(run_config.get("resume", "auto")).lower()
     resume_flag = (cfg.run_dir / CHECKPOINTS).is_dir() if resume == "auto" else resume in ("true", "1", "yes")
     fleet = FlowerFleet(grid, cfg, {"config": text, "name": cfg.name}, reporter)
-    try:
-        session = Session.create(cfg)
-        evaluator = FederatedEvaluator(fleet, session.slot, cfg.eval.batch_size, cfg.eval.max_samples_per_client)
-        sim = Simulation(cfg, session=session, fleet=fleet, reporter=reporter, evaluator=evaluator)
-        summary = sim.run(resume=resume_flag)
-    except RunError as e:
-        reporter.warn(f"run stopped: {e}")
-        raise SystemExit(1) from None
+    session = Session.create(cfg)
+    evaluator = FederatedEvaluator(fleet, session.slot, cfg.eval.batch_size, cfg.eval.max_samples_per_client)
+    sim = Simulation(cfg, session=session, fleet=fleet, reporter=reporter, evaluator=evaluator)
+    summary = sim.run(resume=resume_flag)
     final = summary.get("final_eval", {})
     reporter.info(f"done: {cfg.run_dir} (held-out loss {final.get('pooled_loss')})")
     return summary
