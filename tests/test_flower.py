@@ -304,6 +304,25 @@ def test_tls_deployment_across_hosts_with_registered_nodes_equals_the_simulation
     assert all(abs(a["bytes_up"] - b["bytes_up"]) < 0.001 * b["bytes_up"] for a, b in zip(dep, ref_rounds))
 
 
+@pytest.mark.timeout(200)
+def test_serve_without_nodes_stops_with_the_reason_and_exit_status_1(tmp_path):
+    """`fedllm serve` whose nodes never come: the reason is the last line, the exit status 1, and
+    nothing is left running or half-written."""
+    import subprocess
+    import sys
+
+    cfg = deployed_config(tmp_path, deploy={"min_nodes": 2, "node_wait": 3})
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    fedllm = Path(sys.executable).parent / "fedllm"
+    r = subprocess.run([str(fedllm), "serve", "-c", str(path), "--port", str(free_port())], capture_output=True,
+                       text=True, timeout=180)
+    flat = " ".join(r.stdout.split())
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "run stopped: only 0 of deploy.min_nodes=2 nodes connected within deploy.node_wait=3s" in flat
+    assert not cfg.run_dir.exists()
+
+
 @pytest.mark.timeout(400)
 def test_a_node_killed_mid_round_does_not_stop_the_run_and_is_used_again_when_back(tmp_path):
     cfg = deployed_config(tmp_path, fl={"rounds": 2, "clients_per_round": 4},

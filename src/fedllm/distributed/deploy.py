@@ -132,14 +132,18 @@ def launch(cfg: RunConfig, nodes: int, sec: Security, resume: str, say: Callable
     work = workdir_of(cfg)
     for stale in work.glob("superlink.db*"):  # everything restarts: no node is "online" from a killed launch
         stale.unlink()
+    # the nodes share this machine's cores: oversubscribed OpenMP threads spin against each other
+    threads = max(1, (os.cpu_count() or 1) // nodes)
     with Cluster(work) as cluster:
         port = free_port()
         home = start_link(cluster, sec, "127.0.0.1", port, say)
         for i in range(nodes):
             nc: dict[str, object] = {"partition-id": i, "num-partitions": nodes,
                                      "state-dir": str(cluster.workdir / f"node-{i}-state")}
-            p = cluster.supernode(f"node-{i}", f"127.0.0.1:{port}", free_port(), nc, tls, keys[i] if keys else None)
-            say(f"SuperNode node-{i} (pid {p.pid}) holds partition {i}/{nodes}; log {cluster.logs[f'node-{i}']}")
+            p = cluster.supernode(f"node-{i}", f"127.0.0.1:{port}", free_port(), nc, tls, keys[i] if keys else None,
+                                  threads=threads)
+            say(f"SuperNode node-{i} (pid {p.pid}) holds partition {i}/{nodes}, {threads} threads; "
+                f"log {cluster.logs[f'node-{i}']}")
         return run_app(cluster, cfg, home, resume, say)
 
 

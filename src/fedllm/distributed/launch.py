@@ -109,7 +109,7 @@ class Cluster:
         return env
 
     def start(self, name: str, argv: list[str], home: Path | None = None, log: bool = True,
-              netns: str | None = None) -> subprocess.Popen:
+              netns: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start a process in its own session (``netns``: inside that network namespace)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / f"{name}.log"
@@ -119,7 +119,7 @@ class Cluster:
             self.logs[name] = path
         if netns is not None:
             argv = ["ip", "netns", "exec", netns, *argv]
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env(home), cwd=self.workdir,
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**self.env(home), **(env or {})}, cwd=self.workdir,
                              start_new_session=True)
         self.procs[name] = p
         return p
@@ -136,8 +136,11 @@ class Cluster:
         return p
 
     def supernode(self, name: str, superlink: str, port: int, node_config: dict[str, object], tls: TLS | None,
-                  auth_key: Path | None = None, netns: str | None = None) -> subprocess.Popen:
-        return self.start(name, node_argv(superlink, node_config, tls.ca if tls else None, auth_key, port), netns=netns)
+                  auth_key: Path | None = None, netns: str | None = None, threads: int | None = None) -> subprocess.Popen:
+        """A SuperNode; ``threads`` caps the threads its ClientApps compute with (nodes sharing a machine)."""
+        env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else None
+        return self.start(name, node_argv(superlink, node_config, tls.ca if tls else None, auth_key, port), netns=netns,
+                          env=env)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         p = self.procs.get(name)

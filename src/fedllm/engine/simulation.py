@@ -360,6 +360,8 @@ class Simulation:
         if updates and len(updates) < cfg.deploy.min_replies:
             outcome = RoundOutcome(state=None, skipped=f"{len(updates)} of {len(sampled)} clients replied, fewer "
                                                        f"than deploy.min_replies={cfg.deploy.min_replies}")
+        elif not updates and missing:
+            outcome = RoundOutcome(state=None, skipped=f"none of the {len(sampled)} sampled clients replied")
         elif getattr(transport, "secure", False):  # the server sees only the weighted mean
             outcome = alg.step_secure(global_state, transport.secure_mean or {}, updates)
         else:
