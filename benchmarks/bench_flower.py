@@ -21,8 +21,8 @@ import yaml
 
 from benchmarks.common import median, write_result
 from fedllm.config import build_config, dump_config
-from fedllm.distributed.deploy import Security, start_link
-from fedllm.distributed.launch import Cluster, free_port, submit, write_app
+from fedllm.engine.flower.deploy import Security, start_link
+from fedllm.engine.flower.launch import Cluster, free_port, submit, write_app
 
 
 def loopback_bytes() -> int:

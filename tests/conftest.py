@@ -36,6 +36,18 @@ def synthetic_federation(num_clients: int = 4, per_client: int = 12, test_per_cl
     return FederatedDataset.from_clients("synthetic", clients)
 
 
+def make_dist(site: Path, name: str, version: str, files: dict[str, str]) -> None:
+    """A fake installed distribution: package files plus <name>-<version>.dist-info (METADATA, RECORD)."""
+    for rel, text in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(text, encoding="utf-8")
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
+    record = [f"{rel},," for rel in files] + [f"{info.name}/METADATA,,", f"{info.name}/RECORD,,"]
+    (info / "RECORD").write_text("\n".join(record) + "\n", encoding="utf-8")
+
+
 def tiny_config(tmp_path: Path, **sections) -> RunConfig:
     data = {
         "name": "t", "output_dir": str(tmp_path / "runs"), "seed": 0,

@@ -26,6 +26,7 @@ from fedllm.data.sources import (
 from fedllm.data.sources import fed_pycode
 from fedllm.data.sources.fed_pycode import FilterParams, build_fed_pycode, extract_functions, is_public_module
 from fedllm.registry import Registry
+from tests.conftest import make_dist
 
 
 def _good(name: str, i: int) -> str:
@@ -100,18 +101,6 @@ METHOD = textwrap.dedent(
             return w * h
     '''
 )
-
-
-def make_dist(site: Path, name: str, version: str, files: dict[str, str]) -> None:
-    """A fake installed distribution: package files plus <name>-<version>.dist-info (METADATA, RECORD)."""
-    for rel, text in files.items():
-        (site / rel).parent.mkdir(parents=True, exist_ok=True)
-        (site / rel).write_text(text, encoding="utf-8")
-    info = site / f"{name}-{version}.dist-info"
-    info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
-    record = [f"{rel},," for rel in files] + [f"{info.name}/METADATA,,", f"{info.name}/RECORD,,"]
-    (info / "RECORD").write_text("\n".join(record) + "\n", encoding="utf-8")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from fedllm.data.schema import DataError, PreferenceSample
 from fedllm.data.sources import SOURCES, fed_pycode_pa, get_source, load_dataset
 from fedllm.data.sources.fed_pycode import FedPyCode
 from fedllm.data.sources.fed_pycode_pa import pair_client
+from tests.conftest import make_dist
 
 
 def _fn(name: str, i: int, extra: int = 0) -> str:
@@ -28,18 +29,6 @@ def _fn(name: str, i: int, extra: int = 0) -> str:
             for k in range({i}):
                 total += k * {i}'''
     ) + more + "\n    return total\n"
-
-
-def make_dist(site: Path, name: str, version: str, files: dict[str, str]) -> None:
-    """A fake installed distribution: package files plus <name>-<version>.dist-info (METADATA, RECORD)."""
-    for rel, text in files.items():
-        (site / rel).parent.mkdir(parents=True, exist_ok=True)
-        (site / rel).write_text(text, encoding="utf-8")
-    info = site / f"{name}-{version}.dist-info"
-    info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
-    record = [f"{rel},," for rel in files] + [f"{info.name}/METADATA,,", f"{info.name}/RECORD,,"]
-    (info / "RECORD").write_text("\n".join(record) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from tests.conftest import run_sim, synthetic_records, tiny_config
 
 flwr = pytest.importorskip("flwr")
 
-from fedllm.distributed.certs import make_certs  # noqa: E402
-from fedllm.distributed.deploy import Security, start_link  # noqa: E402
-from fedllm.distributed.launch import TLS, Cluster, free_port, submit, write_app  # noqa: E402
-from fedllm.distributed.node import NodeData, NodeError, RoundStore, merge_censuses  # noqa: E402
+from fedllm.engine.flower.certs import make_certs  # noqa: E402
+from fedllm.engine.flower.deploy import Security, start_link  # noqa: E402
+from fedllm.engine.flower.launch import TLS, Cluster, free_port, submit, write_app  # noqa: E402
+from fedllm.engine.flower.node import NodeData, NodeError, RoundStore, merge_censuses  # noqa: E402
 
 # ---------------------------------------------------------------------------- pure parts
 
@@ -91,8 +91,8 @@ def test_the_transport_turns_bad_replies_into_logged_failures(monkeypatch):
     exchanges with their reason; a good one decodes to the client's update."""
     from flwr.app import Error, Message, RecordDict
 
-    from fedllm.distributed import records as R
-    from fedllm.distributed.server import FlowerTransport
+    from fedllm.engine.flower import records as R
+    from fedllm.engine.flower.server import FlowerTransport
     from fedllm.engine.messages import Reply
     from fedllm.fl import ClientUpdate
 

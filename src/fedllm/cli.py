@@ -245,7 +245,7 @@ def _flower() -> None:
 
 
 def _security(tls: Optional[Path], auth: bool) -> Any:
-    from fedllm.distributed.deploy import Security
+    from fedllm.engine.flower.deploy import Security
 
     return Security(tls_dir=tls, auth=auth)
 
@@ -271,8 +271,8 @@ def launch(
     """A Flower deployment on this machine: a SuperLink, N SuperNodes and the run; all stopped at the end."""
     _flower()
     from fedllm.config import load_config
-    from fedllm.distributed.deploy import launch as do_launch
-    from fedllm.distributed.deploy import simulate_ray
+    from fedllm.engine.flower.deploy import launch as do_launch
+    from fedllm.engine.flower.deploy import simulate_ray
 
     cfg = load_config(config, overrides or [])
     if ray:
@@ -296,7 +296,7 @@ def serve(
     """Run the server: a SuperLink here and the run on the SuperNodes that join (`fedllm node`)."""
     _flower()
     from fedllm.config import load_config
-    from fedllm.distributed.deploy import serve as do_serve
+    from fedllm.engine.flower.deploy import serve as do_serve
 
     cfg = load_config(config, overrides or [])
     raise typer.Exit(do_serve(cfg, host, port, _security(tls, auth), resume, _say))
@@ -317,7 +317,7 @@ def node(
 ) -> None:
     """Run a SuperNode: it serves the clients it holds for any run the SuperLink sends (Ctrl-C stops it)."""
     _flower()
-    from fedllm.distributed.deploy import node as do_node
+    from fedllm.engine.flower.deploy import node as do_node
 
     nc: dict[str, object] = {}
     if partition is not None:
@@ -345,7 +345,7 @@ def certs(
 ) -> None:
     """Make TLS certificates for a SuperLink (a private CA) and key pairs for SuperNode authentication."""
     _flower()
-    from fedllm.distributed.certs import make_certs
+    from fedllm.engine.flower.certs import make_certs
 
     try:
         files = make_certs(out, list(host or ["localhost", "127.0.0.1"]), nodes)

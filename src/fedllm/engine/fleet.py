@@ -85,6 +85,7 @@ class Fleet(Protocol):
     """The clients of a run, reached by the server."""
 
     encodings: EncodingCache | None  # the server-side encoding cache, where the server holds the data
+    secure: bool  # whether the server receives only each round's weighted mean (secure aggregation)
 
     def census(self, cfg: RunConfig, task: Task) -> Census: ...
 
@@ -101,6 +102,8 @@ TransportFactory = Callable[[ClientRuntime, Callable[[str], ClientData], StepCal
 class LocalFleet:
     """The simulation's clients: a federation held by this process, run through a transport (the
     in-process one unless another is given)."""
+
+    secure = False
 
     def __init__(self, dataset: FederatedDataset, transport: TransportFactory | None = None) -> None:
         self.dataset = dataset

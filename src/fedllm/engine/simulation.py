@@ -148,7 +148,7 @@ class Simulation:
             except ValueError as e:
                 raise RunError(f"fl.aggregator {self.algorithm.aggregator.name} with fl.clients_per_round="
                                f"{cfg.fl.clients_per_round}: {e}") from None
-        if getattr(self.fleet, "secure", False) and (problem := self.algorithm.secure_sum_problem()):
+        if self.fleet.secure and (problem := self.algorithm.secure_sum_problem()):
             raise RunError(f"deploy.secagg: {problem}")
         up = cfg.comm.up
         feedback = up.error_feedback and not lossless(up)
@@ -362,7 +362,7 @@ class Simulation:
                                                        f"than deploy.min_replies={cfg.deploy.min_replies}")
         elif not updates and missing:
             outcome = RoundOutcome(state=None, skipped=f"none of the {len(sampled)} sampled clients replied")
-        elif getattr(transport, "secure", False):  # the server sees only the weighted mean
+        elif self.fleet.secure:  # the server sees only the weighted mean, which the transport unmasked
             outcome = alg.step_secure(global_state, transport.secure_mean or {}, updates)
         else:
             outcome = alg.step(global_state, updates)

@@ -24,10 +24,13 @@ class ClientStateStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, client_id: str, kind: str) -> Path:
+    @staticmethod
+    def _stem(client_id: str, kind: str) -> str:
         key = client_id if kind == METHOD else f"{client_id}\x1f{kind}"  # the method's files keep their old names
-        digest = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
-        return self.root / f"{digest}.safetensors"
+        return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+    def _path(self, client_id: str, kind: str) -> Path:
+        return self.root / f"{self._stem(client_id, kind)}.safetensors"
 
     def get(self, client_id: str, kind: str = "method") -> State | None:
         """The client's state of this kind (``method``: e.g. SCAFFOLD's c_i; ``codec``: error-feedback residuals)."""

@@ -35,43 +35,66 @@ class HeldoutResult:
                 "mean_client_loss": self.mean_client_loss, **self.stats, "per_client": self.per_client}
 
 
+@dataclass
+class ClientSums:
+    """One client's held-out sums: loss and statistics summed over its loss units (tokens for SFT,
+    pairs for DPO). Sums pool exactly, wherever they were computed."""
+
+    loss: float
+    units: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
 @torch.no_grad()
-def evaluate_heldout(model: Any, objective: Objective, features: dict[str, list[dict[str, Any]]], pad_id: int,
-                     precision: Precision, batch_size: int = 8) -> HeldoutResult:
-    """The objective's loss (and statistics) of ``model`` on every client's encoded test features."""
+def heldout_sums(model: Any, objective: Objective, features: dict[str, list[dict[str, Any]]], pad_id: int,
+                 precision: Precision, batch_size: int = 8) -> dict[str, ClientSums]:
+    """The objective's summed loss (and statistics) of ``model`` on each client's encoded test features;
+    clients with no loss unit are left out."""
     was_training = model.training
     model.eval()
-    out = HeldoutResult(perplexity=objective.perplexity)
-    total_loss, total_units = 0.0, 0
-    totals: dict[str, float] = {}
+    out: dict[str, ClientSums] = {}
     try:
         for cid, feats in features.items():
             objective.begin_eval(model, feats, pad_id, precision, batch_size)
             order = sorted(range(len(feats)), key=lambda i: objective.length(feats[i]))
-            c_loss, c_units = 0.0, 0
-            c_stats: dict[str, float] = {}
+            c = ClientSums(0.0, 0)
             for j in range(0, len(order), batch_size):
                 batch = to_device(objective.collate([feats[i] for i in order[j:j + batch_size]], pad_id), precision.device)
                 with precision.autocast():
                     loss_sum, units, stats = objective.loss_stats(model, batch)
-                c_loss += float(loss_sum)
-                c_units += units
+                c.loss += float(loss_sum)
+                c.units += units
                 for k, v in stats.items():
-                    c_stats[k] = c_stats.get(k, 0.0) + v
-            if c_units:
-                out.per_client[cid] = {"loss": c_loss / c_units, "tokens": c_units,
-                                       **{k: v / c_units for k, v in c_stats.items()}}
-                total_loss += c_loss
-                total_units += c_units
-                for k, v in c_stats.items():
-                    totals[k] = totals.get(k, 0.0) + v
+                    c.stats[k] = c.stats.get(k, 0.0) + v
+            if c.units:
+                out[cid] = c
     finally:
         model.train(was_training)
+    return out
+
+
+def pool(sums: dict[str, ClientSums], perplexity: bool = True) -> HeldoutResult:
+    """Per-client means and the pooled numbers (weighted by loss units), in the order of ``sums``."""
+    out = HeldoutResult(perplexity=perplexity)
+    total_loss, total_units = 0.0, 0
+    totals: dict[str, float] = {}
+    for cid, c in sums.items():
+        out.per_client[cid] = {"loss": c.loss / c.units, "tokens": c.units, **{k: v / c.units for k, v in c.stats.items()}}
+        total_loss += c.loss
+        total_units += c.units
+        for k, v in c.stats.items():
+            totals[k] = totals.get(k, 0.0) + v
     if total_units:
         out.pooled_loss = total_loss / total_units
         out.mean_client_loss = sum(v["loss"] for v in out.per_client.values()) / len(out.per_client)
         out.stats = {k: v / total_units for k, v in totals.items()}
     return out
+
+
+def evaluate_heldout(model: Any, objective: Objective, features: dict[str, list[dict[str, Any]]], pad_id: int,
+                     precision: Precision, batch_size: int = 8) -> HeldoutResult:
+    """The objective's loss (and statistics) of ``model`` on every client's encoded test features."""
+    return pool(heldout_sums(model, objective, features, pad_id, precision, batch_size), objective.perplexity)
 
 
 def encode_tests(task: Task, tests: Mapping[str, Sequence[Sample]], cap: int | None) -> dict[str, list[dict[str, Any]]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,9 +14,8 @@ from pathlib import Path
 import yaml
 
 from fedllm.config import RunConfig, dump_config
-from fedllm.distributed.launch import (QUIET_ENV, TLS, Cluster, LaunchError, _bin, free_port, node_argv, submit, tail,
-                                       write_app,
-                                       write_flower_home)
+from fedllm.engine.flower.launch import (QUIET_ENV, TLS, Cluster, LaunchError, _bin, flower_env, free_port, node_argv,
+                                        submit, write_app, write_flower_home)
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -161,15 +159,13 @@ def node(superlink: str, node_config: dict[str, object], tls_ca: Path | None, au
         raise LaunchError(f"--root-certificates {tls_ca}: no such file")
     if auth_key is not None and not auth_key.is_file():
         raise LaunchError(f"--auth-key {auth_key}: no such file")
-    env = {**os.environ, **QUIET_ENV}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     try:
-        return subprocess.call(node_argv(superlink, node_config, tls_ca, auth_key, port), env=env)
+        return subprocess.call(node_argv(superlink, node_config, tls_ca, auth_key, port), env=flower_env())
     except KeyboardInterrupt:
         return 130
 
 
-__all__ = ["Security", "launch", "serve", "node", "tail"]
+__all__ = ["Security", "launch", "node", "serve", "simulate_ray", "start_link"]
 
 
 def simulate_ray(cfg: RunConfig, nodes: int, client_cpus: float, client_gpus: float, resume: str,
@@ -181,8 +177,8 @@ def simulate_ray(cfg: RunConfig, nodes: int, client_cpus: float, client_gpus: fl
     from flwr.app import Context
     from flwr.simulation import run_simulation
 
-    from fedllm.distributed.app import client_app
-    from fedllm.distributed.serve import run_server
+    from fedllm.engine.flower.app import client_app
+    from fedllm.engine.flower.serve import run_server
 
     if nodes < 1:
         raise LaunchError("--nodes must be at least 1")
@@ -198,7 +194,7 @@ def simulate_ray(cfg: RunConfig, nodes: int, client_cpus: float, client_gpus: fl
         result["summary"] = run_server(grid, {"config": text, "output-dir": str(Path(cfg.output_dir).resolve()),
                                               "resume": resume})
 
-    os.environ.update({k: v for k, v in QUIET_ENV.items()})
+    os.environ.update(QUIET_ENV)
     backend = {"client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
                "init_args": {"logging_level": "ERROR", "log_to_driver": True}}
     say(f"Flower simulation (Ray): {nodes} virtual SuperNodes, {client_cpus:g} CPU and {client_gpus:g} GPU per ClientApp")

@@ -5,20 +5,19 @@ requests is on disk (the encoding cache and the round-versioned client store).""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load as st_load
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fedllm.config import RunConfig
 from fedllm.data.schema import ClientData, FederatedDataset
 from fedllm.engine.client import ClientRuntime, serve_round
 from fedllm.engine.fleet import Census, take_census
+from fedllm.engine.store import ClientStateStore
 from fedllm.fl.state import State
 from fedllm.paths import cache_root
 from fedllm.runs import RunError, load_federation, run_clients
@@ -88,36 +87,29 @@ class NodeData:
         return chosen
 
 
-class RoundStore:
+class RoundStore(ClientStateStore):
     """A node's client state (SCAFFOLD's c_i, error-feedback residuals), one file per client, kind and
     round. A round reads the newest version written before it, so a server that resumes from an
     older checkpoint finds every client's state as it was then; ``keep`` versions are kept."""
 
     def __init__(self, root: Path, round_idx: int, keep: int) -> None:
-        self.root, self.round, self.keep = Path(root), round_idx, keep
-        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(root)
+        self.round, self.keep = round_idx, keep
 
-    def _stem(self, client_id: str, kind: str) -> str:
-        return hashlib.blake2b(f"{client_id}\x1f{kind}".encode(), digest_size=10).hexdigest()
+    def _path(self, client_id: str, kind: str) -> Path:  # where this round writes
+        return self.root / f"{self._stem(client_id, kind)}.r{self.round:06d}.safetensors"
 
     def _versions(self, client_id: str, kind: str) -> list[tuple[int, Path]]:
         stem = self._stem(client_id, kind)
-        out = []
-        for p in self.root.glob(f"{stem}.r*.safetensors"):
-            m = re.fullmatch(rf"{stem}\.r(\d+)\.safetensors", p.name)
-            if m:
-                out.append((int(m.group(1)), p))
-        return sorted(out)
+        found = (re.fullmatch(rf"{stem}\.r(\d+)\.safetensors", p.name) for p in self.root.glob(f"{stem}.r*.safetensors"))
+        return sorted((int(m.group(1)), self.root / m.group(0)) for m in found if m)
 
     def get(self, client_id: str, kind: str = "method") -> State | None:
         before = [p for r, p in self._versions(client_id, kind) if r < self.round]
         return load_file(str(before[-1])) if before else None
 
     def put(self, client_id: str, state: State, kind: str = "method") -> None:
-        path = self.root / f"{self._stem(client_id, kind)}.r{self.round:06d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"client_id": client_id})
-        os.replace(tmp, path)
+        super().put(client_id, state, kind)  # atomic, one clear error on a full disk
         versions = self._versions(client_id, kind)
         for _, old in versions[: max(len(versions) - self.keep, 0)]:
             old.unlink(missing_ok=True)
@@ -190,14 +182,15 @@ class Node:
         return serve_round(blob, self.client(client_id), rt)
 
     def evaluate(self, adapter_blob: bytes, client_ids: list[str], cap: int | None, batch_size: int) -> dict[str, Any]:
-        """Held-out loss (and the objective's statistics) of the given adapter on these clients' test splits."""
-        from fedllm.eval.heldout import encode_tests, evaluate_heldout
+        """Held-out sums (loss and the objective's statistics) of the given adapter on these clients' test
+        splits; the server pools them with every other node's, as the in-process evaluator does."""
+        from fedllm.eval.heldout import encode_tests, heldout_sums
 
         s = self.session
         s.slot.load(st_load(adapter_blob))
         feats = encode_tests(self.task, {c: self.client(c).test for c in client_ids}, cap)
-        res = evaluate_heldout(s.slot.model, self.task.objective, feats, self.task.pad_id, s.base.precision, batch_size)
-        return {"per_client": res.per_client}
+        sums = heldout_sums(s.slot.model, self.task.objective, feats, self.task.pad_id, s.base.precision, batch_size)
+        return {"sums": {c: asdict(v) for c, v in sums.items()}}
 
 
 def merge_censuses(replies: list[dict[str, Any]]) -> tuple[Census, dict[str, int]]:

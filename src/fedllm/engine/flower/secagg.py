@@ -110,8 +110,6 @@ class SecAggTransport:
     """The Flower transport of a SecAgg+ round: yields each client's counts and metrics (no update) and
     leaves the unmasked weighted mean in ``secure_mean``."""
 
-    secure = True
-
     def __init__(self, fleet: Any, wire: Any, spec: Any, weighting: str, weights: dict[str, int]) -> None:
         self.fleet, self.wire, self.spec, self.weighting, self.weights = fleet, wire, spec, weighting, weights
         self.secure_mean: State | None = None

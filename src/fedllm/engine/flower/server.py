@@ -18,8 +18,8 @@ from safetensors.torch import save as st_save
 
 from fedllm.config import RunConfig
 from fedllm.data.schema import Sample
-from fedllm.distributed import records as R
-from fedllm.distributed.node import merge_censuses
+from fedllm.engine.flower import records as R
+from fedllm.engine.flower.node import merge_censuses
 from fedllm.engine.client import ClientRuntime, StepCallback
 from fedllm.engine.fleet import Census
 from fedllm.engine.messages import Instruction, MessageError, Reply
@@ -45,6 +45,7 @@ class FlowerFleet:
         self.node_of: dict[str, int] = {}  # client id -> node id
         self.asked: set[int] = set()  # nodes whose census we have
         self.trainable: dict[str, int] = {}  # usable training samples per client (SecAgg+ weights)
+        self.order: list[str] = []  # the run's clients in federation order (evaluation pools in it)
 
     # ------------------------------------------------------------------ census
     def census(self, cfg: RunConfig, task: Task) -> Census:
@@ -61,7 +62,7 @@ class FlowerFleet:
         if not replies:
             raise RunError("no node answered the census; see the SuperNodes' logs")
         census, _ = merge_censuses(list(replies.values()))
-        self.trainable = census.trainable
+        self.trainable, self.order = census.trainable, census.ids
         if not census.ids:
             raise RunError("the connected nodes hold no client of this run")
         self.reporter.info(f"  {len(replies)} nodes hold {len(census.ids)} clients")
@@ -110,7 +111,7 @@ class FlowerFleet:
     def transport(self, runtime: ClientRuntime, on_step: StepCallback, wire: WireSpec) -> Any:
         if not self.secure:
             return FlowerTransport(self, wire)
-        from fedllm.distributed.secagg import SecAggTransport
+        from fedllm.engine.flower.secagg import SecAggTransport
         from fedllm.fl import build_algorithm
 
         weighting = build_algorithm(self.cfg.fl, 1).weighting()
@@ -184,7 +185,7 @@ class FederatedEvaluator:
         self.perplexity = task.objective.perplexity
 
     def __call__(self, model: Any) -> dict[str, Any]:
-        from fedllm.eval.heldout import HeldoutResult
+        from fedllm.eval.heldout import ClientSums, pool
 
         fleet = self.fleet
         fleet.refresh()
@@ -195,23 +196,16 @@ class FederatedEvaluator:
         msgs = [Message(R.pack({"run": fleet.run_config, "clients": cids, "cap": self.cap, "batch_size": self.batch_size},
                                blob), dst_node_id=node, message_type=R.EVALUATE, group_id="eval")
                 for node, cids in by_node.items()]
-        per_client: dict[str, dict[str, float]] = {}
+        sums: dict[str, ClientSums] = {}
         for m in fleet.grid.send_and_receive(msgs, timeout=fleet.cfg.deploy.round_timeout):
             why = _failure(m)
             if why is not None:
                 fleet.reporter.warn(f"evaluation on node {m.metadata.src_node_id} failed: {why}")
                 continue
             header, _ = R.unpack(m.content)
-            per_client.update(header["per_client"])
-        order = [c for c in fleet.node_of if c in per_client]
-        res = HeldoutResult(per_client={c: per_client[c] for c in sorted(order)}, perplexity=self.perplexity)
-        units = sum(v["tokens"] for v in per_client.values())
-        if units:
-            res.pooled_loss = sum(v["loss"] * v["tokens"] for v in per_client.values()) / units
-            res.mean_client_loss = sum(v["loss"] for v in per_client.values()) / len(per_client)
-            keys = [k for k in next(iter(per_client.values())) if k not in ("loss", "tokens")]
-            res.stats = {k: sum(v[k] * v["tokens"] for v in per_client.values()) / units for k in keys}
-        return res.to_dict()
+            sums.update({c: ClientSums(**v) for c, v in header["sums"].items()})
+        # pooled in the run's client order, as in-process: the same sums in the same order, the same numbers
+        return pool({c: sums[c] for c in fleet.order if c in sums}, self.perplexity).to_dict()
 
 
 def _failure(m: Message) -> str | None:

@@ -33,6 +33,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def flower_env(home: Path | None = None) -> dict[str, str]:
+    """The environment of a Flower process: quiet, and finding this environment's executables first
+    (Flower starts flower-superexec, flwr-serverapp… by name)."""
+    env = {**os.environ, **QUIET_ENV}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if home is not None:
+        env["FLWR_HOME"] = str(home)
+    return env
+
+
 def _bin(name: str) -> str:
     """A Flower executable of this environment (next to this Python), else on PATH."""
     here = Path(sys.executable).parent / name
@@ -72,8 +82,8 @@ def write_app(dest: Path, config_text: str, output_dir: Path, resume: str = "aut
                     "license": "Apache-2.0", "dependencies": []},
         "tool": {"flwr": {"app": {
             "publisher": "fedllm",
-            "components": {"serverapp": "fedllm.distributed.app:server_app",
-                           "clientapp": "fedllm.distributed.app:client_app"},
+            "components": {"serverapp": "fedllm.engine.flower.app:server_app",
+                           "clientapp": "fedllm.engine.flower.app:client_app"},
             "config": {"config": config_text, "output-dir": str(output_dir.resolve()), "resume": resume},
         }}},
     }
@@ -103,10 +113,7 @@ class Cluster:
     _files: list[IO] = field(default_factory=list)
 
     def env(self, home: Path | None = None) -> dict[str, str]:
-        env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home or self.workdir / "flwr-home")}  # apps, keys, logs
-        # Flower starts its own executables (flower-superexec, flwr-serverapp…) by name: this environment's first
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        return env
+        return flower_env(home or self.workdir / "flwr-home")  # FLWR_HOME: apps, keys, logs
 
     def start(self, name: str, argv: list[str], home: Path | None = None, log: bool = True,
               netns: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 
 from fedllm.config import ConfigError, build_config
-from fedllm.distributed.server import FederatedEvaluator, FlowerFleet
+from fedllm.engine.flower.server import FederatedEvaluator, FlowerFleet
 from fedllm.engine.progress import Reporter, _Silent
 from fedllm.runs import CHECKPOINTS, RunError
 

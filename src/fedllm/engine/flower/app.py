@@ -5,7 +5,7 @@ fedllm's own client code. Both read the run from Flower's run config:
 * ``output-dir``: where the server writes the run directory (on the server's machine);
 * ``resume``: ``auto`` (resume when the run directory holds a checkpoint), ``true`` or ``false``.
 
-A node's ``--node-config`` says which clients it holds (see ``fedllm.distributed.node.NodeData``).
+A node's ``--node-config`` says which clients it holds (see ``fedllm.engine.flower.node.NodeData``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedllm.distributed import records as R
+from fedllm.engine.flower import records as R
 
 server_app = ServerApp()
 client_app = ClientApp(mods=[secaggplus_mod])  # the mod acts only on SecAgg+'s "train" messages
@@ -28,18 +28,18 @@ client_app = ClientApp(mods=[secaggplus_mod])  # the mod acts only on SecAgg+'s 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    from fedllm.distributed.serve import run_server
+    from fedllm.engine.flower.serve import run_server
 
     run_server(grid, dict(context.run_config))
 
 
 def _serve(msg: Message, context: Context, handler: Any) -> Message:
     """Run a node-side request; a problem the node can name is one line back to the server."""
-    from fedllm.distributed.serve import quiet_libraries
+    from fedllm.engine.flower.serve import quiet_libraries
 
     quiet_libraries()
     from fedllm.config import ConfigError
-    from fedllm.distributed.node import NodeError
+    from fedllm.engine.flower.node import NodeError
     from fedllm.engine.client import ClientError
     from fedllm.runs import RunError
 
@@ -59,7 +59,7 @@ def _node(config_text: str, node_config: str) -> Any:
     import yaml
 
     from fedllm.config import build_config
-    from fedllm.distributed.node import Node, NodeData
+    from fedllm.engine.flower.node import Node, NodeData
 
     cfg = build_config(yaml.safe_load(config_text), source="the run config sent by the server")
     return Node(cfg, NodeData.from_node_config(json.loads(node_config)))
@@ -91,7 +91,7 @@ def secure_round(msg: Message, context: Context) -> Message:
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
     from flwr.compat.common import recorddict_compat as compat
 
-    from fedllm.distributed.secagg import KEY, node_fit
+    from fedllm.engine.flower.secagg import KEY, node_fit
 
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     header = json.loads(str(fitins.config[KEY]))
