@@ -330,24 +330,28 @@ def simulate_round(
     for i, (delta, n) in enumerate(zip(deltas, samples)):
         cid = f"c{i}"
         hooks = alg.client_hooks(w, client_states.get(cid))
-        extras, st = hooks.finish(S.add(w, delta), 3, 0.1)
+        local = S.add(hooks.start(w), delta)
+        extras, st = hooks.finish(local, 3, 0.1)
         if st is not None:
             client_states[cid] = st
-        ups.append(ClientUpdate(cid, delta, n, num_seen=n, num_steps=3, lr=0.1, extras=extras))
+        result = hooks.result(local)
+        sent = S.sub(result, {k: w[k] for k in result})
+        ups.append(ClientUpdate(cid, sent, n, num_seen=n, num_steps=3, lr=0.1, extras=extras))
     if alg.single_client:
         ups = ups[:1]
     return alg.aggregate(w, ups)
 
 
 def random_state(gen: torch.Generator) -> State:
-    return {"lora_A": torch.randn(2, 2, generator=gen), "lora_B": torch.randn(3, generator=gen)}
+    return {"m.lora_A.weight": torch.randn(2, 2, generator=gen), "m.lora_B.weight": torch.randn(3, generator=gen)}
 
 
 ALL = [(name, compat) for name in sorted(ALGORITHMS) for compat in COMPATS]
 
 
 def test_every_algorithm_is_registered() -> None:
-    expected = {"local", "fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedyogi", "fedadam"}
+    expected = {"local", "fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedyogi", "fedadam",
+                "ditto", "pfedme", "fedsa"}
     assert set(ALGORITHMS) == expected
 
 
@@ -403,7 +407,7 @@ def test_state_dict_round_trip_continues_bit_identically(name: str, compat: str,
 def test_unknown_algorithm_lists_known_names() -> None:
     with pytest.raises(ValueError, match="unknown algorithm 'fedsgd'") as err:
         build_algorithm(FLParams("fedsgd"), 2)
-    assert "fedadam, fedavg, fedavgm, fedprox, fedyogi, local, scaffold" in str(err.value)
+    assert "fedadam, fedavg, fedavgm, fedprox, fedsa, fedyogi, local, pfedme, scaffold" in str(err.value)
 
 
 def test_registering_duplicate_or_bad_name_raises() -> None:

@@ -27,7 +27,8 @@ ROUND1 = [ClientUpdate("a", {"x": t(0.4, -0.2)}, 1), ClientUpdate("b", {"x": t(0
 def test_the_eight_methods_are_presets_of_parts(name, aggregator, optimizer, method):
     alg = build_algorithm(FLParams(name), 4)
     assert (alg.aggregator.name, alg.optimizer.name, alg.method.name) == (aggregator, optimizer, method)
-    assert set(ALGORITHMS) == {"local", "fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedadam", "fedyogi"}
+    assert set(ALGORITHMS) == {"local", "fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedadam", "fedyogi",
+                               "ditto", "pfedme", "fedsa"}
 
 
 def test_a_part_can_be_swapped():

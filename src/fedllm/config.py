@@ -144,6 +144,42 @@ class EvalConfig(_Section):
     batch_size: int = Field(8, gt=0)
 
 
+class PersonalConfig(_Section):
+    """Personalised models and their evaluation: each client's adapter on its own held-out split,
+    beside the global adapter's number for the same client (methods ditto, pfedme and fedsa keep a
+    personal adapter; finetune_steps gives any method FedAvg+FT's)."""
+
+    finetune_steps: int = Field(0, ge=0, description="FedAvg+FT: before personal evaluation each client fine-tunes "
+                                                     "the adapter it would use (its personal one, else the global) "
+                                                     "for k steps on its own training data; 0: no fine-tuning")
+    lr: Optional[float] = Field(None, gt=0, description="learning rate of the fine-tuning steps; null: train.lr")
+    every: bool = Field(False, description="evaluate personal adapters at every evaluation, not only after the last round")
+
+
+class GroupsConfig(_Section):
+    """Grouped federations (FedLLM-Bench's FedSamLang / FedSimLang): one global adapter per group of
+    clients, each group federating alone, trained and evaluated in one run."""
+
+    by: Optional[str] = Field(None, description="a client attribute (language, category, domain, … or client: every "
+                                                "client alone) or a preset: fedsamlang (a group per language), "
+                                                "fedsimlang (a group per language family)")
+    mapping: Union[dict[str, str], str, None] = Field(None, description="client id -> group, or a YAML/JSON file of it")
+    families: Optional[dict[str, list[str]]] = Field(None, description="fedsimlang: family -> languages, replacing "
+                                                                       "FedLLM-Bench's five families")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> GroupsConfig:
+        if self.by is not None and self.mapping is not None:
+            raise ValueError("set one of groups.by or groups.mapping, not both")
+        if self.families is not None and self.by != "fedsimlang":
+            raise ValueError("groups.families applies to groups.by=fedsimlang")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.by is not None or self.mapping is not None
+
+
 class CommConfig(_Section):
     """How messages travel: a codec per direction (fp16/bf16, int8, top-k with error feedback on the
     uplink) and zstd; the default sends every tensor bit for bit."""
@@ -198,6 +234,8 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     comm: CommConfig = Field(default_factory=CommConfig)
+    personal: PersonalConfig = Field(default_factory=PersonalConfig)
+    groups: GroupsConfig = Field(default_factory=GroupsConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
 

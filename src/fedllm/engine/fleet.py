@@ -95,6 +95,10 @@ class Fleet(Protocol):
 
     def transport(self, runtime: ClientRuntime, on_step: StepCallback, wire: WireSpec) -> Transport: ...
 
+    def client(self, client_id: str) -> ClientData | None:
+        """A client's data, where the server holds it (else None)."""
+        ...
+
 
 TransportFactory = Callable[[ClientRuntime, Callable[[str], ClientData], StepCallback, WireSpec], Transport]
 
@@ -121,3 +125,6 @@ class LocalFleet:
 
     def transport(self, runtime: ClientRuntime, on_step: StepCallback, wire: WireSpec) -> Transport:
         return self._transport(runtime, self.dataset.__getitem__, on_step, wire)
+
+    def client(self, client_id: str) -> ClientData | None:
+        return self.dataset[client_id]

@@ -27,6 +27,7 @@ from fedllm.engine.checkpoint import load_latest, save_checkpoint
 from fedllm.engine.client import ClientRuntime
 from fedllm.engine.messages import Instruction
 from fedllm.engine.metrics import MetricsLog, cost_summary, read_metrics
+from fedllm.engine.personal import PersonalEvaluation
 from fedllm.engine.progress import Reporter
 from fedllm.engine.rundir import RunLock, remove_debris
 from fedllm.engine.store import ClientStateStore, io_reason
@@ -150,14 +151,33 @@ class Simulation:
                                f"{cfg.fl.clients_per_round}: {e}") from None
         if self.fleet.secure and (problem := self.algorithm.secure_sum_problem()):
             raise RunError(f"deploy.secagg: {problem}")
+        if not self.algorithm.method.shared(self.slot.read()):
+            raise RunError(f"fl.algorithm={cfg.fl.algorithm} shares LoRA's A matrices, which FFA-LoRA freezes "
+                           f"(lora.freeze_a, on by default under fl.dp); set lora.freeze_a=false")
         up = cfg.comm.up
         feedback = up.error_feedback and not lossless(up)
-        self.store = ClientStateStore(self.run_dir / CLIENT_STATE) if self.algorithm.stateful_clients or feedback else None
+        keeps = self.algorithm.stateful_clients or feedback or cfg.personal.finetune_steps > 0
+        self.store = ClientStateStore(self.run_dir / CLIENT_STATE) if keeps else None
         self.runtime = ClientRuntime(self.slot, self.task, base.precision, self.store, self.fleet.encodings)
         if self.evaluator is not None:
             self.evaluator.prepare(self.task, base.precision, self.fleet.tests(self.client_ids))
+        self.personal = self._personal_evaluation()
         self.adapter_bytes = S.num_bytes(self.slot.read())
         self.setup_seconds = time.perf_counter() - t0
+
+    def _personal_evaluation(self) -> PersonalEvaluation | None:
+        """Per-client evaluation of personal adapters, where the method keeps them or clients fine-tune."""
+        cfg, alg = self.cfg, self.algorithm
+        if alg.single_client or not (alg.personalised or cfg.personal.finetune_steps):
+            return None
+        one_client = getattr(self.evaluator, "client", None)
+        if self.evaluator is None or one_client is None or not self.fleet.tests(self.client_ids):
+            self.reporter.warn("personal adapters are evaluated where the server holds the clients' held-out data "
+                               "(the simulation); this run reports the global adapter only")
+            return None
+        return PersonalEvaluation(alg, self.runtime, one_client, self.fleet.client, self.participants,
+                                  self._train_settings(), cfg.personal.finetune_steps, cfg.personal.lr or cfg.train.lr,
+                                  cfg.seed)
 
     def _excluded_note(self) -> str:
         return f" ({len(self.excluded)} of {len(self.client_ids)} have no trainable sample)" if self.excluded else ""
@@ -404,7 +424,20 @@ class Simulation:
             row["own_loss"] = own["loss"] if own else None
         metrics.write("eval", **row)
         self.reporter.eval(round_done, row)
-        return {k: v for k, v in row.items() if k != "per_client"}
+        out = {k: v for k, v in row.items() if k != "per_client"}
+        if self.personal is not None and (round_done == self.cfg.fl.rounds or self.cfg.personal.every):
+            t0 = time.perf_counter()
+            mine = self.personal(global_state, res.get("per_client", {}))
+            seconds = time.perf_counter() - t0
+            timing["eval_seconds"] += seconds
+            metrics.write("personal", round=round_done, **mine, seconds=seconds)
+            g, p = mine["global"], mine["personal"]
+            if p.get("clients"):
+                self.reporter.info(f"  personal adapters (round {round_done}): mean client loss {p['mean']:.4f} "
+                                   f"(global {g['mean']:.4f}), worst decile {p['worst_decile']:.4f} (global "
+                                   f"{g['worst_decile']:.4f}); better for {mine['better']} of {mine['clients']} clients")
+            out["personal"] = {k: v for k, v in mine.items() if k != "per_client"}
+        return out
 
     def _summary(self, history: list[dict[str, Any]], timing: dict[str, float]) -> dict[str, Any]:
         cfg = self.cfg
@@ -417,6 +450,7 @@ class Simulation:
             "precision": self.session.base.precision.name,
             "adapter_parameters": self.slot.num_parameters(), "adapter_bytes": self.adapter_bytes,
             "privacy": self.algorithm.report().get("dp"),
+            "personal": final.get("personal"),
             "dropped_updates": sum(1 for e in events if e["event"] == "drop"),
             "skipped_rounds": [e["round"] for e in events if e["event"] == "round" and e.get("skipped")],
             "cost": cost_summary([e for e in events if e["event"] == "client"]),

@@ -126,3 +126,12 @@ class HeldoutEvaluator:
     def __call__(self, model: Any) -> dict[str, Any]:
         res = evaluate_heldout(model, self.task.objective, self.features, self.task.pad_id, self.precision, self.batch_size)
         return res.to_dict()
+
+    def client(self, model: Any, client_id: str) -> dict[str, float] | None:
+        """The held-out numbers of one client's split (a personalised adapter on its own client);
+        None if the client has no held-out sample."""
+        if client_id not in self.features:
+            return None
+        res = evaluate_heldout(model, self.task.objective, {client_id: self.features[client_id]}, self.task.pad_id,
+                               self.precision, self.batch_size)
+        return res.per_client.get(client_id)

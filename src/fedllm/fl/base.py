@@ -45,6 +45,16 @@ class Rejected(Exception):
     """Raised by a transform's ``on_update``: the update is dropped from the round for this reason."""
 
 
+@dataclass
+class Phase:
+    """A second local training in the same round: where it starts, its hooks, and its number of
+    steps (None: as many as the first)."""
+
+    start: State
+    hooks: ClientHooks
+    steps: int | None = None
+
+
 class ClientHooks:
     """Client half of a method, created fresh for one client and one round.
 
@@ -62,9 +72,26 @@ class ClientHooks:
     def after_step(self, params: Mapping[str, Tensor], lr: float) -> None:
         """Called after ``optimizer.step()`` under ``torch.no_grad()``: may modify ``p`` in place."""
 
+    def start(self, global_state: State) -> State:
+        """Where local training starts (FedSA-LoRA: the shared A with the client's own B)."""
+        return global_state
+
+    def personal_phase(self) -> Phase | None:
+        """A second training after the first (Ditto's personal adapter); ``personal_done`` receives
+        its result. None: no second phase."""
+        return None
+
+    def personal_done(self, personal: State) -> None:
+        """The result of ``personal_phase``'s training."""
+
     def finish(self, local: State, num_steps: int, lr: float) -> tuple[dict[str, State], State | None]:
         """After the last step: (payload sent to the server, new persistent client state or None)."""
         return {}, None
+
+    def result(self, local: State) -> State:
+        """The adapter whose difference from the global one is the update (pFedMe: its local copy of
+        w, not the personalised θ; FedSA-LoRA: the shared keys only)."""
+        return local
 
 
 # ------------------------------------------------------------------------------ component base
@@ -156,6 +183,8 @@ class ClientMethod(Component):
     stateful_clients: ClassVar[bool] = False
     #: payload names every reply must carry (validated before aggregation).
     reply_payload: ClassVar[tuple[str, ...]] = ()
+    #: True if the client state holds a personalised adapter (``personal_adapter`` builds it).
+    personalised: ClassVar[bool] = False
 
     def __init__(self, params: FLParams, num_clients: int) -> None:
         super().__init__()
@@ -178,6 +207,17 @@ class ClientMethod(Component):
 
     def absorb(self, global_state: State, updates: list[ClientUpdate]) -> None:
         """After the server step: update server-side state from the surviving updates."""
+
+    def shared(self, global_state: State) -> State:
+        """The part of the global adapter the federation shares: sent, updated and aggregated (all of
+        it, except for methods that keep some of the adapter local, e.g. FedSA-LoRA's B)."""
+        return global_state
+
+    @classmethod
+    def personal_adapter(cls, global_state: State, client_state: State | None) -> State | None:
+        """A client's personalised adapter from the global one and its persistent state; None when
+        the method keeps none (its clients use the global adapter)."""
+        return None
 
 
 @dataclass(frozen=True)

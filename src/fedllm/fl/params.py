@@ -79,11 +79,17 @@ class FLParams:
     """Hyper-parameters of the federated algorithm; each component reads the ones it needs."""
 
     algorithm: str = Field("fedavg", description="a method preset: local, fedavg, fedprox, scaffold, fedavgm, "
-                                                 "fedadagrad, fedadam, fedyogi")
+                                                 "fedadagrad, fedadam, fedyogi; personalised: ditto, pfedme, fedsa")
     compat: Compat = Field("paper", description="paper: the original papers; openfedllm: the FedLLM-Bench/OpenFedLLM code exactly")
     weighting: Weighting = Field("samples", description="p_i ∝ training samples held, uniform, or samples seen this round")
     server_lr: Optional[float] = Field(None, gt=0, description="η_s; null: the optimizer's default (1, or 1e-3 for adaptive ones)")
     mu: float = Field(0.01, ge=0, description="FedProx proximal weight μ")
+    ditto_lambda: float = Field(0.1, ge=0, description="Ditto: λ of the personal adapter's pull λ/2·‖v − w‖² toward the global w")
+    personal_steps: Optional[int] = Field(None, gt=0, description="Ditto: steps of personal training per round; null: "
+                                                                  "as many as the global local steps")
+    pfedme_lambda: float = Field(15.0, gt=0, description="pFedMe: λ of the Moreau envelope λ/2·‖θ − w_i‖² (the paper's 15)")
+    pfedme_inner_steps: int = Field(5, gt=0, description="pFedMe: K optimizer steps on θ per update of the local w_i")
+    pfedme_lr: float = Field(0.005, gt=0, description="pFedMe: η of the local update w_i ← w_i − η·λ·(w_i − θ) (the paper's 0.005)")
     beta1: float = Field(0.9, ge=0, lt=1, description="first moment / server momentum (FedAvgM, FedAdam, FedYogi); FedLLM-Bench used 0.5")
     beta2: float = Field(0.99, ge=0, lt=1, description="second moment (FedAdam, FedYogi)")
     tau: float = Field(1e-3, gt=0, description="adaptivity τ of the adaptive server optimizers")

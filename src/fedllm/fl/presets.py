@@ -52,3 +52,12 @@ register_algorithm("fedadam")(Preset(
 register_algorithm("fedyogi")(Preset(
     optimizer="yogi", openfedllm_weighting="uniform",
     description="FedYogi (Reddi et al. 2021): Yogi on the server"))
+register_algorithm("ditto")(Preset(
+    optimizer="sgd", method="ditto",
+    description="Ditto (Li et al. 2021): FedAvg for w; each client also trains a personal v_i with λ/2·‖v − w‖²"))
+register_algorithm("pfedme")(Preset(
+    optimizer="sgd", method="pfedme",
+    description="pFedMe (Dinh et al. 2020): personalised θ_i via Moreau envelopes; w ← w + β·Σ p_i (w_i − w), β = η_s"))
+register_algorithm("fedsa")(Preset(
+    optimizer="sgd", method="fedsa",
+    description="FedSA-LoRA (Guo et al. 2025): LoRA A shared and aggregated, B kept by each client"))

@@ -108,6 +108,15 @@ class Algorithm:
     def client_payload(self, global_state: State) -> dict[str, State]:
         return self.method.payload(global_state)
 
+    @property
+    def personalised(self) -> bool:
+        """Whether each client keeps a personalised adapter (Ditto, pFedMe, FedSA-LoRA)."""
+        return self.method.personalised
+
+    def personal_adapter(self, global_state: State, client_state: State | None) -> State | None:
+        """A client's personalised adapter (None: the method keeps none)."""
+        return self.method.personal_adapter(global_state, client_state)
+
     def client_hooks(self, global_state: State, client_state: State | None) -> ClientHooks:
         """The client half in this process (what a client builds from its instruction)."""
         return build_client_hooks(self.client_method(), global_state, self.client_payload(global_state), client_state)
@@ -142,10 +151,11 @@ class Algorithm:
         dropped: list[tuple[str, str]] = []
         for t in self.transforms:
             t.begin_round()
+        shared = self.method.shared(global_state)
         for u in updates:
             try:
                 for t in self.transforms:
-                    u = t.on_update(u, global_state)
+                    u = t.on_update(u, shared)
             except Rejected as e:
                 dropped.append((u.client_id, str(e)))
                 continue
@@ -164,11 +174,11 @@ class Algorithm:
         for t in self.transforms:
             delta = t.on_aggregate(delta, accepted)
         before = self.state_dict()
-        new_state = self.optimizer.step(global_state, delta, self.rounds_done)
+        new_state = {**global_state, **self.optimizer.step(shared, delta, self.rounds_done)}
         if not all_finite(new_state):
             self.load_state_dict(before)
             return RoundOutcome(None, ids, weights, dropped, "the server step gave non-finite values")
-        self.method.absorb(global_state, accepted)
+        self.method.absorb(shared, accepted)
         self.rounds_done += 1
         return RoundOutcome(new_state, ids, weights, dropped)
 
@@ -179,7 +189,7 @@ class Algorithm:
             return "the Local baseline has nothing to aggregate"
         if self.aggregator.name != "mean":
             return f"the {self.aggregator.name} aggregator needs every update, not only their weighted mean"
-        if self.method.stateful_clients or self.method.name not in ("plain", "fedprox"):
+        if self.method.name not in ("plain", "fedprox", "ditto", "pfedme"):
             return f"{self.params.algorithm} needs what each client sends besides its update (client method {self.method.name})"
         if self.weighting() not in ("samples", "uniform"):
             return f"weighting {self.weighting()} is known only after training; use samples or uniform"

@@ -19,6 +19,11 @@ def _check_keys(a: State, b: State) -> None:
         raise KeyError(f"adapter states differ in keys: only left {missing[:3]}, only right {extra[:3]}")
 
 
+def is_lora_a(key: str) -> bool:
+    """Whether an adapter key names a LoRA A matrix (peft's key names)."""
+    return ".lora_A." in key or key.endswith("lora_A.weight")
+
+
 def clone(a: State) -> State:
     return {k: v.detach().clone() for k, v in a.items()}
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedllm.fl.state import State
+from fedllm.fl.state import State, is_lora_a
 
 
 def attach_lora(model: Any, cfg: Any) -> Any:
@@ -31,10 +31,6 @@ def attach_lora(model: Any, cfg: Any) -> Any:
     peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, peft_cfg)
-
-
-def is_lora_a(key: str) -> bool:
-    return ".lora_A." in key or key.endswith("lora_A.weight")
 
 
 class AdapterSlot:

@@ -103,6 +103,9 @@ class FlowerFleet:
     def tests(self, ids: list[str]) -> dict[str, list[Sample]]:
         return {}  # held-out data stays on the nodes: see FederatedEvaluator
 
+    def client(self, client_id: str) -> None:
+        return None  # a client's data stays on its node
+
     @property
     def secure(self) -> bool:
         """Whether rounds run under SecAgg+ (the server sees only their weighted mean)."""

@@ -4,3 +4,6 @@ module each; importing registers."""
 from fedllm.fl.methods import plain as plain  # noqa: F401
 from fedllm.fl.methods import fedprox as fedprox  # noqa: F401
 from fedllm.fl.methods import scaffold as scaffold  # noqa: F401
+from fedllm.fl.methods import ditto as ditto  # noqa: F401
+from fedllm.fl.methods import pfedme as pfedme  # noqa: F401
+from fedllm.fl.methods import fedsa as fedsa  # noqa: F401
