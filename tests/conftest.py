@@ -110,3 +110,26 @@ def kill_in_round(monkeypatch: pytest.MonkeyPatch, cfg: RunConfig, round_no: int
         m.setattr(InProcessTransport, "run", dying)
         with pytest.raises(Killed):
             run_sim(cfg, **kw)
+
+
+AYA_FIXTURE_CLIENTS = {  # annotator -> (language, samples): FedLLM-Bench's families, and Telugu outside them
+    "u_en": ("English", 8), "u_de": ("German", 7), "u_fr": ("French", 8), "u_es": ("Spanish", 6),
+    "u_ru": ("Russian", 7), "u_te": ("Telugu", 8), "u_zh": ("Simplified Chinese", 6), "u_en2": ("English", 6),
+}
+
+AYA_FIXTURE_LANGUAGES = sorted({lang for lang, _ in AYA_FIXTURE_CLIENTS.values()})
+
+
+def write_aya_fixture(path: Path) -> Path:
+    """Rows in CohereForAI/aya_dataset's format (inputs, targets, language, language_code, annotation_type,
+    user_id) for :data:`AYA_FIXTURE_CLIENTS`; one annotator also wrote two rows in another language."""
+    rows = []
+    for user, (lang, n) in AYA_FIXTURE_CLIENTS.items():
+        for i in range(n):
+            rows.append({"inputs": f"{lang} question {i} from {user}: say {WORDS[i % len(WORDS)]}",
+                         "targets": f"{WORDS[(i + len(lang)) % len(WORDS)]} {lang.lower()} {i}", "language": lang,
+                         "language_code": lang[:3].lower(), "annotation_type": "original-annotations", "user_id": user})
+    rows += [{"inputs": f"extra {i}", "targets": f"extra answer {i}", "language": "French", "language_code": "fre",
+              "annotation_type": "original-annotations", "user_id": "u_en"} for i in range(2)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

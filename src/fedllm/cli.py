@@ -84,8 +84,14 @@ def train(
         if allow_config_change:
             raise typer.BadParameter("--allow-config-change only applies with --resume")
         cfg = load_config(config, overrides or [])
-    sim = Simulation(cfg, reporter=Reporter(quiet=quiet), evaluator=HeldoutEvaluator.from_config(cfg.eval),
-                     allow_config_change=allow_config_change)
+    if cfg.groups.enabled:
+        from fedllm.engine.groups import GroupedRun
+
+        sim: Any = GroupedRun(cfg, reporter=Reporter(quiet=quiet), evaluator=lambda: HeldoutEvaluator.from_config(cfg.eval),
+                              allow_config_change=allow_config_change)
+    else:
+        sim = Simulation(cfg, reporter=Reporter(quiet=quiet), evaluator=HeldoutEvaluator.from_config(cfg.eval),
+                         allow_config_change=allow_config_change)
     summary = sim.run(resume=resume is not None)
     loss = summary.get("final_eval", {}).get("pooled_loss")
     line = f"[green]done[/]: {cfg.run_dir}  held-out loss {'-' if loss is None else f'{loss:.4f}'}  train {summary['train_seconds']:.0f}s"

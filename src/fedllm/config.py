@@ -45,6 +45,8 @@ class DataConfig(_Section):
     dataset: str = Field("fed-pycode", description="registered dataset name or path to a FedLLM-Bench JSON file")
     test_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of each client's samples")
     max_clients: int | None = Field(None, gt=0, description="keep only the first N clients (in file order)")
+    clients: Optional[list[str]] = Field(None, description="federate only these client ids (in this order; with "
+                                                           "max_clients, the first N of them)")
     template: str = Field("chat", description="chat (the model's own), alpaca or vicuna")
     max_length: int = Field(384, gt=8, description="tokens per sample after formatting; longer samples are truncated")
     build: dict[str, Any] = Field(default_factory=dict, description="arguments for building a registered dataset")

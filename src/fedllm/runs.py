@@ -53,8 +53,16 @@ def load_federation(cfg: RunConfig) -> FederatedDataset:
 
 
 def run_clients(cfg: RunConfig, dataset: FederatedDataset) -> list[str]:
-    """The clients a run federates (the first ``data.max_clients``, in file order)."""
-    ids = list(dataset.client_ids)[: cfg.data.max_clients or None]
+    """The clients a run federates: ``data.clients`` or all (in file order), the first ``data.max_clients``."""
+    ids = list(dataset.client_ids)
+    if cfg.data.clients is not None:
+        held = set(ids)
+        unknown = [c for c in cfg.data.clients if c not in held]
+        if unknown:
+            raise RunError(f"data.clients names {len(unknown)} client(s) {cfg.data.dataset!r} does not hold (e.g. "
+                           f"{unknown[:3]}; its clients include {ids[:3]})")
+        ids = list(dict.fromkeys(cfg.data.clients))
+    ids = ids[: cfg.data.max_clients or None]
     if not ids:
         raise RunError(f"dataset {cfg.data.dataset!r} has no clients")
     return ids

@@ -11,6 +11,7 @@ bottom of this file (one line per source).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Callable, ClassVar, TypeVar
 
 from fedllm.data.fedllm_bench import load_fedllm_bench
+from fedllm.data.sources.builds import MANIFEST_FILE
 from fedllm.data.schema import DataError, FederatedDataset
 from fedllm.paths import cache_root
 from fedllm.registry import Registry
@@ -56,6 +58,13 @@ class DatasetSource:
     def build(self, cache_dir: Path, **kwargs: Any) -> Path:  # pragma: no cover - interface
         """Build (or reuse) the dataset under `self.dataset_dir(cache_dir)`; returns the file's path."""
         raise NotImplementedError
+
+    def client_attributes(self, manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Per client, the attributes a run may group clients by (language, category …), from the
+        build's manifest: by default each client's plain (string) entries there."""
+        clients = manifest.get("clients", {})
+        return {cid: {k: v for k, v in info.items() if isinstance(v, str)} if isinstance(info, Mapping) else {}
+                for cid, info in clients.items()}
 
     def is_built(self, cache_dir: Path, **kwargs: Any) -> bool:  # pragma: no cover - interface
         """Whether `build` with these arguments would reuse a complete cached file."""
@@ -129,6 +138,9 @@ def load_dataset(
         dataset = load_fedllm_bench(path, name=source.name, **split)
         dataset.meta["source_name"] = source.name
         dataset.meta["build_kwargs"] = source.resolve_kwargs(build_kwargs)
+        manifest = path.parent / MANIFEST_FILE
+        if manifest.is_file():
+            dataset.meta["client_attributes"] = source.client_attributes(json.loads(manifest.read_text(encoding="utf-8")))
         return dataset
     path = Path(name_or_path).expanduser()
     if not path.is_file():

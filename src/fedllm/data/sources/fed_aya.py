@@ -80,3 +80,12 @@ class FedAya(PublicSource):
         kept = select_clients(groups, drops, min_samples=params["min_samples"], max_clients=params["max_clients"])
         meta = {cid: {"languages": dict(sorted(langs[cid].items()))} for cid in kept}
         return Built(kept, meta)
+
+    def client_attributes(self, manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """``language``: the language a client wrote most in (ties: the first by name); an annotator
+        who wrote in several keeps their other samples in the same group."""
+        out = {}
+        for cid, info in manifest["clients"].items():
+            langs = info.get("languages") or {}
+            out[cid] = {"language": min(langs, key=lambda k: (-langs[k], k))} if langs else {}
+        return out

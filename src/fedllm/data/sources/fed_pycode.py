@@ -82,6 +82,17 @@ DEFAULT_DISTRIBUTIONS: tuple[str, ...] = (
     "urllib3",
 )
 
+# What each default distribution's code is about: a client attribute to group clients by (`groups.by:
+# domain`); a distribution outside this table has the domain "other".
+DOMAINS: dict[str, str] = {
+    "accelerate": "machine-learning", "peft": "machine-learning", "torch": "machine-learning",
+    "transformers": "machine-learning", "huggingface-hub": "machine-learning",
+    "numpy": "science", "mpmath": "science", "sympy": "science", "networkx": "science", "matplotlib": "science",
+    "markdown-it-py": "text", "pygments": "text", "pyparsing": "text", "jinja2": "text",
+    "click": "tooling", "rich": "tooling", "tqdm": "tooling", "pydantic": "tooling",
+    "fsspec": "io", "requests": "io", "urllib3": "io", "pillow": "io", "fonttools": "io",
+}
+
 FUNCTION_PROMPT = "Implement the following Python function.\n\n```python\n{stub}\n```"
 METHOD_PROMPT = "Implement the following method of the Python class `{cls}`.\n\n```python\n{stub}\n```"
 RESPONSE = "```python\n{code}\n```"
@@ -524,6 +535,10 @@ class FedPyCode(DatasetSource):
             "progress": True,
         }
     )
+
+    def client_attributes(self, manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """A client is a distribution: its ``package`` name and its ``domain`` (:data:`DOMAINS`)."""
+        return {name: {"package": name, "domain": DOMAINS.get(name.lower(), "other")} for name in manifest["clients"]}
 
     def build(self, cache_dir: Path, **kwargs: Any) -> Path:
         """Build or reuse the dataset under <cache_dir>/datasets/fed-pycode/; returns the data file."""
