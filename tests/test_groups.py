@@ -135,3 +135,64 @@ def test_personalised_method_inside_groups_reports_personal_numbers(tmp_path) ->
 def test_unknown_data_clients_are_named(tmp_path) -> None:
     with pytest.raises(RunError, match=r"data.clients names 1 client\(s\).*'nobody'"):
         run_sim(tiny_config(tmp_path, data={"clients": ["user0", "nobody"]}))
+
+
+def aya_overrides(tmp_path, fixture) -> list[str]:
+    langs = ", ".join(AYA_FIXTURE_LANGUAGES)
+    return ["model.name=tiny", "data.dataset=fed-aya", f"data.build={{data_files: [{fixture}], min_samples: 5, "
+            f"languages: [{langs}]}}", "data.max_length=64", "fl.rounds=2", "fl.clients_per_round=2",
+            "train.local_steps=2", "train.lr=3e-2", "lora.r=4", "eval.every=0"]
+
+
+def test_collab_prints_table_6_from_one_command(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from fedllm.cli import app
+
+    monkeypatch.setenv("FEDLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "120")
+    fixture = write_aya_fixture(tmp_path / "aya.jsonl")
+    out = tmp_path / "collab"
+    res = CliRunner().invoke(app, ["collab", "--out", str(out), *aya_overrides(tmp_path, fixture)])
+    assert res.exit_code == 0, res.output
+    assert "FedSamLang" in res.output and "FedSimLang" in res.output and "Telugu" in res.output
+    result = json.loads((out / "results.json").read_text())
+    table = result["table"]
+    assert list(table) == ["Local", "FedAvg", "FedSamLang", "FedSimLang"]
+    assert result["columns"] == [*AYA_FIXTURE_LANGUAGES, "avg"]
+    # a language with one client federates alone under FedSamLang: exactly Local training
+    for lang in ("French", "German", "Russian", "Simplified Chinese", "Spanish", "Telugu"):
+        assert table["FedSamLang"][lang] == table["Local"][lang]
+    # a language alone in its family (or outside every family) gets the same adapter under FedSimLang
+    for lang in ("Russian", "Simplified Chinese", "Telugu"):
+        assert table["FedSimLang"][lang] == table["FedSamLang"][lang]
+    assert table["FedAvg"]["avg"] == pytest.approx(sum(table["FedAvg"][c] for c in AYA_FIXTURE_LANGUAGES) / 7)
+    md = (out / "table.md").read_text().splitlines()
+    assert md[0].startswith("| method | English") and len(md) == 6
+    assert (out / "table.tex").read_text().count("\\\\") == 5 and (out / "table.csv").read_text().count("\n") == 5
+    # a second call reuses every finished run
+    again = CliRunner().invoke(app, ["collab", "--out", str(out), *aya_overrides(tmp_path, fixture)])
+    assert again.exit_code == 0 and "finished earlier" in again.output
+    assert json.loads((out / "results.json").read_text())["table"] == table
+
+
+def test_grouped_training_from_the_cli_and_its_report(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from fedllm.cli import app
+
+    monkeypatch.setenv("FEDLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "120")
+    fixture = write_aya_fixture(tmp_path / "aya.jsonl")
+    args = ["train", f"output_dir={tmp_path / 'runs'}", "name=g", "groups.by=fedsimlang", "fl.algorithm=ditto",
+            *aya_overrides(tmp_path, fixture)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "g"
+    assert sorted(p.name for p in (run / "groups").iterdir()) == ["east-asian", "germanic", "romance", "slavic", "telugu"]
+    rep = CliRunner().invoke(app, ["report", str(run), str(run / "groups" / "germanic")])
+    assert rep.exit_code == 0, rep.output
+    assert "fairness view" in rep.output and "personal (personal)" in rep.output
+    bad = CliRunner().invoke(app, [*args[:2], "name=h", "groups.by=category", *args[4:]])
+    assert bad.exit_code != 0 and "no attribute 'category'" in bad.output and "language" in bad.output
+    assert not (tmp_path / "runs" / "h").exists()

@@ -143,15 +143,33 @@ def dp_sweep(
 
 @app.command()
 @_friendly
+def collab(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the runs' common configuration (default: "
+                                                                       "the built-in defaults)"),
+    by: str = typer.Option("language", "--by", help="the client attribute of the columns; language gives FedLLM-Bench's "
+                                                    "FedSamLang and FedSimLang rows, another (e.g. domain) one grouped row"),
+    output_dir: Path = typer.Option(Path("runs/collab"), "--out", help="where the runs and the table go"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides applied to every run"),
+) -> None:
+    """FedLLM-Bench's Table 6: Local, FedAvg, FedSamLang and FedSimLang, held-out loss per language and on
+    average; finished runs are reused, interrupted ones resumed."""
+    from fedllm.bench.collab import run_collab
+
+    run_collab(config, output_dir, overrides or [], console, by)
+
+
+@app.command()
+@_friendly
 def report(
     runs: list[Path] = typer.Argument(..., help="run directories to compare"),
     plot: Optional[Path] = typer.Option(None, help="also write the held-out loss per round as a PNG"),
 ) -> None:
     """Compare finished runs: final held-out loss and timings, from their files alone."""
-    from fedllm.bench.report import comparison_rows, load_run, plot_heldout, print_comparison
+    from fedllm.bench.report import comparison_rows, fairness_rows, load_run, plot_heldout, print_comparison, print_fairness
 
     loaded = [load_run(r) for r in runs]
     print_comparison(comparison_rows(loaded), console)
+    print_fairness(fairness_rows(loaded), console)
     if plot:
         console.print(f"plot: {plot_heldout(loaded, plot)}")
 

@@ -16,6 +16,8 @@ ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
 CLIENT_STATE = "client_state"
 LOCK = ".lock"
+GROUPS = "groups.json"  # a grouped run: its groups; each group's run is under GROUPS_DIR/<group>/
+GROUPS_DIR = "groups"
 
 _ROUND = re.compile(r"^round-(\d+)$")
 
@@ -34,6 +36,11 @@ def read_run_config(run_dir: Path) -> RunConfig:
         return load_config(path, [f"output_dir={run_dir.parent}", f"name={run_dir.name}"])
     except ConfigError as e:
         raise RunError(f"{path} cannot be read back: {e}") from None
+
+
+def is_grouped(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a grouped run (one run per group of clients)."""
+    return (Path(run_dir) / GROUPS).is_file()
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:

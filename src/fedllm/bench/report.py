@@ -7,20 +7,70 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from fedllm.engine.metrics import read_metrics
+from fedllm.fairness import compare, spread
+from fedllm.runs import is_grouped
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
+    """A finished run (or grouped run) as the report reads it: its summary, its evaluations (with the
+    global adapter's per-client numbers) and its last personal evaluation, if any."""
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no summary.json (run not finished?)")
     summary = json.loads(summary_path.read_text())
+    if is_grouped(run_dir):  # every client's numbers from its own group's adapter
+        per = summary.get("per_client", {})
+        evals = [{"round": summary["rounds"], **summary["final_eval"],
+                  "per_client": {c: {"loss": r["loss"]} for c, r in per.items()}}]
+        personal = {"per_client": {c: {"global": r["loss"], "personal": r["personal"]} for c, r in per.items()
+                                   if "personal" in r}}
+        return {"dir": run_dir, "summary": summary, "evals": evals, "personal": personal if personal["per_client"] else None}
     evals = read_metrics(run_dir / "metrics.jsonl", "eval")
-    return {"dir": run_dir, "summary": summary, "evals": evals}
+    personal = read_metrics(run_dir / "metrics.jsonl", "personal")
+    return {"dir": run_dir, "summary": summary, "evals": evals, "personal": personal[-1] if personal else None}
+
+
+def fairness_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run, the spread over clients of the final global adapter's held-out loss and, where the run
+    kept personal adapters, of theirs (with how many clients they serve better than the global one)."""
+    rows = []
+    for run in runs:
+        name = run["summary"]["name"]
+        final = run["evals"][-1] if run["evals"] else {}
+        glob = {c: r["loss"] for c, r in final.get("per_client", {}).items()}
+        if glob:
+            rows.append({"run": name, "model": "global", **spread(glob.values())})
+        mine = (run.get("personal") or {}).get("per_client", {})
+        if mine:
+            own = {c: r["personal"] for c, r in mine.items()}
+            ref = {c: r["global"] for c, r in mine.items()}
+            kinds = sorted({r.get("adapter", "personal") for r in mine.values()})
+            rows.append({"run": name, "model": "personal (" + ", ".join(kinds) + ")", **spread(own.values()),
+                         **{f"vs_global_{k}": v for k, v in compare(own, ref).items()}})
+    return rows
+
+
+def print_fairness(rows: list[dict[str, Any]], console: Console) -> None:
+    """The fairness view: how the per-client held-out loss spreads (lower is better)."""
+    if not rows:
+        return
+    table = Table(title="Per-client held-out loss (fairness view)", box=box.SIMPLE_HEAD,
+                  caption="worst 10%: mean loss of the worst ⌈n/10⌉ clients; better: clients whose personal "
+                          "adapter has a lower loss than the global adapter on their own test data")
+    for col in ("run", "model", "clients", "mean", "std", "worst 10%", "worst", "better"):
+        text = col in ("run", "model")
+        table.add_column(col, justify="left" if text else "right", no_wrap=not text, min_width=10 if text else None)
+    for r in rows:
+        better = f'{r["vs_global_better"]}/{r["vs_global_clients"]}' if "vs_global_better" in r else ""
+        table.add_row(r["run"], r["model"], str(r.get("clients", 0)),
+                      *(_num(r.get(k), 1, 3) for k in ("mean", "std", "worst_decile", "worst")), better)
+    console.print(table)
 
 
 def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

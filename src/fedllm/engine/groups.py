@@ -15,7 +15,6 @@ import re
 import shutil
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from fedllm.config import RunConfig, dump_config
@@ -27,10 +26,7 @@ from fedllm.engine.rundir import RunLock
 from fedllm.engine.simulation import Evaluator, Session, Simulation
 from fedllm.fairness import spread
 from fedllm.jsonl import dumps, write_text_atomic
-from fedllm.runs import CHECKPOINTS, CONFIG, METRICS, SUMMARY, RunError, load_federation, run_clients
-
-GROUPS = "groups.json"
-GROUPS_DIR = "groups"
+from fedllm.runs import CHECKPOINTS, CONFIG, GROUPS, GROUPS_DIR, METRICS, SUMMARY, RunError, load_federation, run_clients
 
 
 def slug(name: str, taken: set[str]) -> str:
@@ -153,7 +149,3 @@ class GroupedRun:
                 "per_client": per_client,
                 "train_seconds": sum(s.get("train_seconds", 0.0) for s in summaries.values()),
                 "eval_seconds": sum(s.get("eval_seconds", 0.0) for s in summaries.values())}
-
-
-def is_grouped(run_dir: Path) -> bool:
-    return (Path(run_dir) / GROUPS).is_file()
