@@ -122,3 +122,15 @@ def test_warnings_name_settings_without_effect():
     assert cfg.warnings() == ["fl.mu=0.1 is ignored by fedadam", "train.momentum=0.5 is ignored by train.optimizer=adamw",
                               "train.epochs=2.0 is ignored: train.local_steps is fixed (10), not 'dynamic'"]
     assert build_config({"train": {"optimizer": "sgdm", "momentum": 0.5}}).warnings() == []
+
+
+def test_every_shipped_config_validates() -> None:
+    from pathlib import Path
+
+    from fedllm.config import load_config
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    shipped = sorted(root.glob("*.yaml"))
+    assert len(shipped) >= 3
+    for path in shipped:  # a ConfigError names the file and every problem
+        assert load_config(path).fl.rounds > 0
