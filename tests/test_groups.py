@@ -196,3 +196,13 @@ def test_grouped_training_from_the_cli_and_its_report(tmp_path, monkeypatch) -> 
     bad = CliRunner().invoke(app, [*args[:2], "name=h", "groups.by=category", *args[4:]])
     assert bad.exit_code != 0 and "no attribute 'category'" in bad.output and "language" in bad.output
     assert not (tmp_path / "runs" / "h").exists()
+
+
+def test_fed_dolly_clients_carry_their_category(tmp_path) -> None:
+    from fedllm.data.groups import client_attribute
+    from tests.test_sources_public import dolly_rows, write_csv
+
+    ds = load_dataset("fed-dolly", cache_dir=tmp_path / "c", data_files=[str(write_csv(tmp_path / "d.csv", dolly_rows()))],
+                      progress=False)
+    ids = list(ds.client_ids)
+    assert client_attribute(ds, ids, "category") == {c: c for c in ids} and len(ids) >= 2

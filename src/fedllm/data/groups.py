@@ -48,15 +48,12 @@ def client_attribute(dataset: FederatedDataset, ids: Sequence[str], attr: str) -
     attributes (its manifest), or the records' field of that name in a FedLLM-Bench file."""
     if attr == "client":
         return {c: c for c in ids}
-    known = dataset.meta.get("client_attributes")
-    if known is not None:
-        values = {c: known.get(c, {}).get(attr) for c in ids}
-        names = sorted({k for info in known.values() for k in info} | {"client"})
-    elif dataset.meta.get("format") == "fedllm-bench" and dataset.meta.get("source"):
+    known = dataset.meta.get("client_attributes") or {}
+    values = {c: known.get(c, {}).get(attr) for c in ids}
+    names = sorted({k for info in known.values() for k in info} | {"client"})
+    if all(v is None for v in values.values()) and dataset.meta.get("source"):  # a field of the records?
         values = record_attribute(Path(dataset.meta["source"]), attr)
-        names = [f"a field of the records, e.g. {attr}", "client"]
-    else:
-        values, names = {}, ["client"]
+        names.append("a field of the records")
     missing = [c for c in ids if values.get(c) is None]
     if missing:
         raise DataError(f"{dataset.name}: {len(missing)} of {len(ids)} clients have no attribute {attr!r} (e.g. "

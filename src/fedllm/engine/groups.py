@@ -107,7 +107,8 @@ class GroupedRun:
         if (sub.run_dir / SUMMARY).is_file():
             self.reporter.info(f"group {name}: finished earlier ({sub.run_dir})")
             return json.loads((sub.run_dir / SUMMARY).read_text(encoding="utf-8"))
-        self.reporter.info(f"group {name}: {len(info['clients'])} clients -> {sub.run_dir}")
+        n = len(info["clients"])
+        self.reporter.info(f"group {name}: {n} client{'s' if n != 1 else ''} -> {sub.run_dir}")
         sim = Simulation(sub, session=session, dataset=dataset, reporter=self.reporter,
                          evaluator=self.evaluator() if self.evaluator else None,
                          allow_config_change=self.allow_config_change)

@@ -28,7 +28,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 from fedllm.data.schema import InstructionSample
 from fedllm.data.sources import register_source
@@ -63,6 +63,12 @@ def _alpaca_instruction(instruction: str, extra: str | None) -> str:
 class _MetaSplit(PublicSource):
     """One client per value of a meta field: rows -> (client, sample) by `sample_of`."""
 
+    meta_field: ClassVar[str] = ""  # the field whose value names the client (its groupable attribute)
+
+    def client_attributes(self, manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The meta field's value is the client id (e.g. Fed-Dolly's ``category``)."""
+        return {cid: {self.meta_field: cid} if self.meta_field else {} for cid in manifest["clients"]}
+
     def sample_of(self, row: Row, params: Mapping[str, Any]) -> tuple[str, InstructionSample] | str:
         raise NotImplementedError  # pragma: no cover
 
@@ -91,6 +97,7 @@ class FedDolly(_MetaSplit):
         "context appended to the instruction."
     )
     hub_id = "databricks/databricks-dolly-15k"
+    meta_field = "category"
     required_fields = ("instruction", "context", "response", "category")
     construction = "sample = instruction (+ blank line + context if any) -> response; one client per `category`."
     default_kwargs = MappingProxyType({**INPUT_KWARGS, "hub_id": hub_id, "min_samples": 1})
@@ -192,6 +199,7 @@ class FedCodeAlpaca(_MetaSplit):
         "excluded); language from keyword rules on sahil2801/CodeAlpaca-20k, or rosetta_alpaca.json's `input`."
     )
     hub_id = "sahil2801/CodeAlpaca-20k"
+    meta_field = "language"
     required_fields = ("instruction", "input", "output")
     construction = (
         "sample = instruction (+ blank line + input if any) -> output; client = language: the `input` field "
