@@ -462,3 +462,34 @@ def test_secagg_goes_on_without_a_node_that_drops_out_mid_protocol(tmp_path):
     (rnd,) = events(cfg.run_dir, "round")
     assert sorted(rnd["aggregated"]) == ["user0", "user1", "user2"] and rnd["missing"] == ["user3"]
     assert rnd["skipped"] is None and rnd["update_norm"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_personal_adapters_are_built_and_evaluated_on_the_nodes_as_in_process(tmp_path):
+    """Ditto with FedAvg+FT over `fedllm launch`: each node builds its clients' personal adapters from its
+    own store, fine-tunes and evaluates them; the numbers are the in-process simulation's."""
+    import subprocess
+    import sys
+
+    cfg = deployed_config(tmp_path, fl={"algorithm": "ditto", "rounds": 2, "clients_per_round": 4},
+                          personal={"finetune_steps": 1}, eval={"every": 0, "at_start": False})
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    fedllm = Path(sys.executable).parent / "fedllm"
+    r = subprocess.run([str(fedllm), "launch", "-c", str(path), "--nodes", "2"], capture_output=True, text=True,
+                       timeout=380)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each of the two nodes computes with one thread on this 2-core machine
+    try:
+        sim, _ = simulated(cfg, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    deployed = events(cfg.run_dir, "personal")[-1]["per_client"]
+    local = events(sim.cfg.run_dir, "personal")[-1]["per_client"]
+    assert set(deployed) == set(local) and len(local) == 4
+    for c, row in local.items():
+        assert deployed[c]["adapter"] == row["adapter"] == "personal+ft"
+        assert deployed[c]["personal"] == pytest.approx(row["personal"], rel=1e-6)
+        assert deployed[c]["global"] == pytest.approx(row["global"], rel=1e-6)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +27,7 @@ from fedllm.engine.checkpoint import load_latest, save_checkpoint
 from fedllm.engine.client import ClientRuntime
 from fedllm.engine.messages import Instruction
 from fedllm.engine.metrics import MetricsLog, cost_summary, read_metrics
-from fedllm.engine.personal import PersonalEvaluation
+from fedllm.engine.personal import LocalPersonal, PersonalSpec, summarise
 from fedllm.engine.progress import Reporter
 from fedllm.engine.rundir import RunLock, remove_debris
 from fedllm.engine.store import ClientStateStore, io_reason
@@ -165,19 +165,23 @@ class Simulation:
         self.adapter_bytes = S.num_bytes(self.slot.read())
         self.setup_seconds = time.perf_counter() - t0
 
-    def _personal_evaluation(self) -> PersonalEvaluation | None:
-        """Per-client evaluation of personal adapters, where the method keeps them or clients fine-tune."""
+    def _personal_evaluation(self) -> Callable[[S.State, int], dict[str, dict[str, Any]]] | None:
+        """Per-client evaluation of personal adapters, where the method keeps them or clients fine-tune:
+        here where this process holds the clients, else through an evaluator that reaches them."""
         cfg, alg = self.cfg, self.algorithm
         if alg.single_client or not (alg.personalised or cfg.personal.finetune_steps):
             return None
+        spec = PersonalSpec(alg.client_method(), cfg.personal.finetune_steps, cfg.personal.lr or cfg.train.lr,
+                            self._train_settings(), cfg.seed)
         one_client = getattr(self.evaluator, "client", None)
-        if self.evaluator is None or one_client is None or not self.fleet.tests(self.client_ids):
-            self.reporter.warn("personal adapters are evaluated where the server holds the clients' held-out data "
-                               "(the simulation); this run reports the global adapter only")
-            return None
-        return PersonalEvaluation(alg, self.runtime, one_client, self.fleet.client, self.participants,
-                                  self._train_settings(), cfg.personal.finetune_steps, cfg.personal.lr or cfg.train.lr,
-                                  cfg.seed)
+        if one_client is not None and self.fleet.tests(self.client_ids):
+            return LocalPersonal(spec, self.runtime, one_client, self.fleet.client, self.participants)
+        federated = getattr(self.evaluator, "personal", None)
+        if federated is not None:
+            return lambda state, round_done: federated(state, spec, round_done)
+        self.reporter.warn("personal adapters are evaluated by the held-out evaluator, and this run has none; "
+                           "it reports the global adapter only")
+        return None
 
     def _excluded_note(self) -> str:
         return f" ({len(self.excluded)} of {len(self.client_ids)} have no trainable sample)" if self.excluded else ""
@@ -427,7 +431,7 @@ class Simulation:
         out = {k: v for k, v in row.items() if k != "per_client"}
         if self.personal is not None and (round_done == self.cfg.fl.rounds or self.cfg.personal.every):
             t0 = time.perf_counter()
-            mine = self.personal(global_state, res.get("per_client", {}))
+            mine = summarise(self.personal(global_state, round_done), res.get("per_client", {}))
             seconds = time.perf_counter() - t0
             timing["eval_seconds"] += seconds
             metrics.write("personal", round=round_done, **mine, seconds=seconds)

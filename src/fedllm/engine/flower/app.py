@@ -81,7 +81,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @client_app.evaluate("fedllm_heldout")
 def evaluate(msg: Message, context: Context) -> Message:
-    return _serve(msg, context, lambda node, h, b: (node.evaluate(b, h["clients"], h["cap"], h["batch_size"]), b""))
+    return _serve(msg, context, lambda node, h, b: (node.evaluate(b, h["clients"], h["cap"], h["batch_size"],
+                                                                  h.get("personal"), h.get("round", 0)), b""))
 
 
 @client_app.train()

@@ -181,16 +181,35 @@ class Node:
         rt = ClientRuntime(s.slot, self.task, s.base.precision, store, EncodingCache(cache_root() / "encodings", self.task))
         return serve_round(blob, self.client(client_id), rt)
 
-    def evaluate(self, adapter_blob: bytes, client_ids: list[str], cap: int | None, batch_size: int) -> dict[str, Any]:
+    def evaluate(self, adapter_blob: bytes, client_ids: list[str], cap: int | None, batch_size: int,
+                 personal: dict[str, Any] | None = None, round_done: int = 0) -> dict[str, Any]:
         """Held-out sums (loss and the objective's statistics) of the given adapter on these clients' test
-        splits; the server pools them with every other node's, as the in-process evaluator does."""
+        splits; the server pools them with every other node's, as the in-process evaluator does. With
+        ``personal`` (a PersonalSpec), each client's own adapter instead, built from the client store
+        as it was after ``round_done`` rounds, with its kind."""
         from fedllm.eval.heldout import encode_tests, heldout_sums
 
         s = self.session
-        s.slot.load(st_load(adapter_blob))
+        global_state = st_load(adapter_blob)
         feats = encode_tests(self.task, {c: self.client(c).test for c in client_ids}, cap)
-        sums = heldout_sums(s.slot.model, self.task.objective, feats, self.task.pad_id, s.base.precision, batch_size)
-        return {"sums": {c: asdict(v) for c, v in sums.items()}}
+        if personal is None:
+            s.slot.load(global_state)
+            sums = heldout_sums(s.slot.model, self.task.objective, feats, self.task.pad_id, s.base.precision, batch_size)
+            return {"sums": {c: asdict(v) for c, v in sums.items()}}
+        from fedllm.engine.personal import PersonalSpec, own_adapter
+
+        spec = PersonalSpec(**personal)
+        keep = max(self.cfg.checkpoint.every, 1) * self.cfg.checkpoint.keep + 1
+        store = RoundStore(self.state_root(), round_done, keep)
+        rt = ClientRuntime(s.slot, self.task, s.base.precision, store, EncodingCache(cache_root() / "encodings", self.task))
+        out, kinds = {}, {}
+        for cid in feats:
+            adapter, kinds[cid] = own_adapter(spec, global_state, self.client(cid), rt, store)
+            s.slot.load(adapter)
+            got = heldout_sums(s.slot.model, self.task.objective, {cid: feats[cid]}, self.task.pad_id,
+                               s.base.precision, batch_size)
+            out.update({c: asdict(v) for c, v in got.items()})
+        return {"sums": out, "kinds": kinds}
 
 
 def merge_censuses(replies: list[dict[str, Any]]) -> tuple[Census, dict[str, int]]:

@@ -23,9 +23,11 @@ from fedllm.engine.flower.node import merge_censuses
 from fedllm.engine.client import ClientRuntime, StepCallback
 from fedllm.engine.fleet import Census
 from fedllm.engine.messages import Instruction, MessageError, Reply
+from fedllm.engine.personal import PersonalSpec
 from fedllm.engine.progress import Reporter
 from fedllm.engine.transport import Exchange
 from fedllm.fl.codec import WireSpec
+from fedllm.fl.state import State
 from fedllm.models.precision import Precision
 from fedllm.runs import RunError
 from fedllm.train.task import Task
@@ -188,18 +190,36 @@ class FederatedEvaluator:
         self.perplexity = task.objective.perplexity
 
     def __call__(self, model: Any) -> dict[str, Any]:
-        from fedllm.eval.heldout import ClientSums, pool
+        from fedllm.eval.heldout import pool
+
+        sums, _ = self._ask(self.slot.read(), {})
+        # pooled in the run's client order, as in-process: the same sums in the same order, the same numbers
+        return pool(sums, self.perplexity).to_dict()
+
+    def personal(self, global_state: State, spec: PersonalSpec, round_done: int) -> dict[str, dict[str, Any]]:
+        """Each node evaluates its clients' own adapters (built, and fine-tuned, on the node from its
+        client store); per client its numbers and the adapter's kind."""
+        from fedllm.eval.heldout import pool
+
+        sums, kinds = self._ask(global_state, {"personal": spec.to_dict(), "round": round_done})
+        rows = pool(sums, self.perplexity).per_client
+        return {c: {**r, "adapter": kinds[c]} for c, r in rows.items()}
+
+    def _ask(self, adapter: State, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Every node's held-out sums of its clients (in the run's client order), and any adapter kinds."""
+        from fedllm.eval.heldout import ClientSums
 
         fleet = self.fleet
         fleet.refresh()
-        blob = st_save({k: v.detach().to("cpu").contiguous() for k, v in self.slot.read().items()})  # what the model holds
+        blob = st_save({k: v.detach().to("cpu").contiguous() for k, v in adapter.items()})
         by_node: dict[int, list[str]] = {}
         for cid, node in fleet.node_of.items():
             by_node.setdefault(node, []).append(cid)
-        msgs = [Message(R.pack({"run": fleet.run_config, "clients": cids, "cap": self.cap, "batch_size": self.batch_size},
-                               blob), dst_node_id=node, message_type=R.EVALUATE, group_id="eval")
+        msgs = [Message(R.pack({"run": fleet.run_config, "clients": cids, "cap": self.cap, "batch_size": self.batch_size,
+                                **extra}, blob), dst_node_id=node, message_type=R.EVALUATE, group_id="eval")
                 for node, cids in by_node.items()]
         sums: dict[str, ClientSums] = {}
+        kinds: dict[str, str] = {}
         for m in fleet.grid.send_and_receive(msgs, timeout=fleet.cfg.deploy.round_timeout):
             why = _failure(m)
             if why is not None:
@@ -207,8 +227,8 @@ class FederatedEvaluator:
                 continue
             header, _ = R.unpack(m.content)
             sums.update({c: ClientSums(**v) for c, v in header["sums"].items()})
-        # pooled in the run's client order, as in-process: the same sums in the same order, the same numbers
-        return pool({c: sums[c] for c in fleet.order if c in sums}, self.perplexity).to_dict()
+            kinds.update(header.get("kinds", {}))
+        return {c: sums[c] for c in fleet.order if c in sums}, kinds
 
 
 def _failure(m: Message) -> str | None:
