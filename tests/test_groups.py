@@ -206,3 +206,13 @@ def test_fed_dolly_clients_carry_their_category(tmp_path) -> None:
                       progress=False)
     ids = list(ds.client_ids)
     assert client_attribute(ds, ids, "category") == {c: c for c in ids} and len(ids) >= 2
+
+
+def test_evaluating_a_grouped_run_evaluates_each_group(tmp_path) -> None:
+    from fedllm.eval.target import resolve_targets
+
+    cfg = tiny_config(tmp_path, fl={"rounds": 1}, train={"local_steps": 1}, groups={"mapping": MAPPING})
+    grouped(cfg)
+    targets = resolve_targets([str(cfg.run_dir), "base"])
+    assert [t.label for t in targets[:2]] == ["a", "b"] and targets[2].kind == "base"
+    assert [t.cfg.data.clients for t in targets[:2]] == [["user0", "user1"], ["user2", "user3"]]

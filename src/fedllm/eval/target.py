@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedllm.config import RunConfig, build_config
 from fedllm.data.sources.builds import file_sha256
-from fedllm.runs import list_checkpoints, read_run_config
+from fedllm.runs import GROUPS, GROUPS_DIR, is_grouped, list_checkpoints, read_run_config
 
 
 class TargetError(ValueError):
@@ -113,6 +113,7 @@ def resolve_target(spec: str, *, base_cfg: RunConfig | None = None, model: str |
 def resolve_targets(specs: list[str], *, model: str | None = None, out_root: Path = Path("runs/eval")) -> list[Target]:
     """Resolve every spec; "base" takes its model, data and template from the first run given (so a
     table compares like with like), else the defaults with ``model``."""
+    specs = [g for s in specs for g in _expand_grouped(s)]
     resolved: dict[int, Target] = {}
     for i, s in enumerate(specs):
         if s != "base":
@@ -126,3 +127,12 @@ def resolve_targets(specs: list[str], *, model: str | None = None, out_root: Pat
         if labels.count(t.label) > 1:
             t.label = f"{t.label} ({t.out_dir})"
     return out
+
+
+def _expand_grouped(spec: str) -> list[str]:
+    """A grouped run (one run per group of clients) stands for its groups' runs; anything else for itself."""
+    path_s, sep, at_round = spec.partition("@")
+    if spec == "base" or not is_grouped(Path(path_s)):
+        return [spec]
+    plan = json.loads((Path(path_s) / GROUPS).read_text(encoding="utf-8"))
+    return [str(Path(path_s) / GROUPS_DIR / g["dir"]) + sep + at_round for g in plan["groups"].values()]
