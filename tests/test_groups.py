@@ -89,6 +89,10 @@ def test_each_group_trains_its_own_adapter_as_its_clients_alone_would(tmp_path) 
     assert set(summary["per_client"]) == set(MAPPING)
     assert {c: r["group"] for c, r in summary["per_client"].items()} == MAPPING
     assert summary["fairness"]["global"]["clients"] == 4
+    import math
+
+    assert summary["final_eval"]["pooled_ppl"] == pytest.approx(math.exp(summary["final_eval"]["pooled_loss"]))
+    assert summary["cost"]["client_rounds"] == 2 * 2 * 2  # two groups, two rounds, two clients per round
     assert summary["final_eval"]["mean_client_loss"] == pytest.approx(
         sum(r["loss"] for r in summary["per_client"].values()) / 4)
 

@@ -11,6 +11,7 @@ reused and an interrupted one resumed, so ``fedllm train --resume runs/<name>`` 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import statistics
@@ -20,7 +21,7 @@ from typing import Any
 from fedllm.config import RunConfig, dump_config
 from fedllm.data.groups import describe_rule, resolve_groups
 from fedllm.data.schema import DataError, FederatedDataset
-from fedllm.engine.metrics import read_metrics
+from fedllm.engine.metrics import cost_summary, read_metrics
 from fedllm.engine.progress import Reporter
 from fedllm.engine.rundir import RunLock
 from fedllm.engine.simulation import Evaluator, Session, Simulation
@@ -122,8 +123,10 @@ class GroupedRun:
         the method keeps one), the groups' rows and the spread over clients."""
         per_client: dict[str, dict[str, Any]] = {}
         groups: dict[str, Any] = {}
+        client_events: list[dict[str, Any]] = []
         for name, info in plan["groups"].items():
             events = read_metrics(self.run_dir / GROUPS_DIR / info["dir"] / METRICS)
+            client_events += [e for e in events if e["event"] == "client"]
             last_eval = next((e for e in reversed(events) if e["event"] == "eval"), {})
             last_personal = next((e for e in reversed(events) if e["event"] == "personal"), {})
             for cid in info["clients"]:
@@ -141,12 +144,16 @@ class GroupedRun:
                             "train_seconds": s.get("train_seconds", 0.0)}
         tokens = sum(r["tokens"] for r in per_client.values())
         losses = [r["loss"] for r in per_client.values()]
-        final = {"pooled_loss": sum(r["loss"] * r["tokens"] for r in per_client.values()) / tokens if tokens else None,
+        pooled = sum(r["loss"] * r["tokens"] for r in per_client.values()) / tokens if tokens else None
+        ppl = all(s.get("final_eval", {}).get("pooled_ppl") is not None for s in summaries.values())
+        final = {"pooled_loss": pooled, "pooled_ppl": math.exp(pooled) if ppl and pooled is not None else None,
                  "mean_client_loss": statistics.fmean(losses) if losses else None}
         personal = [r["personal"] for r in per_client.values() if "personal" in r]
         return {"name": self.cfg.name, "algorithm": self.cfg.fl.algorithm, "grouped": plan["rule"],
                 "rounds": self.cfg.fl.rounds, "groups": groups, "final_eval": final,
                 "fairness": {"global": spread(losses), **({"personal": spread(personal)} if personal else {})},
                 "per_client": per_client,
+                "cost": cost_summary(client_events),
+                "peak_rss_mb": max((s.get("peak_rss_mb") or 0 for s in summaries.values()), default=None),
                 "train_seconds": sum(s.get("train_seconds", 0.0) for s in summaries.values()),
                 "eval_seconds": sum(s.get("eval_seconds", 0.0) for s in summaries.values())}
