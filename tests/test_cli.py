@@ -35,7 +35,7 @@ def test_bad_config_value_is_a_clear_error(tmp_path, bench_file):
     assert res.exit_code == 2
     out = " ".join(res.output.split())
     assert "3 problem(s)" in out and "fl.rounds" in out
-    assert "unknown algorithm 'fedsgd'; known: fedadagrad, fedadam" in out
+    assert "unknown algorithm 'fedsgd'; known: ditto, fedadagrad, fedadam" in out
     assert "unknown template 'chatml'" in out
     assert not (tmp_path / "runs").exists()  # nothing written for an invalid config
 
