@@ -198,3 +198,10 @@ def test_fedsa_with_frozen_a_is_refused(tmp_path) -> None:
 
     with pytest.raises(RunError, match="shares LoRA's A matrices, which FFA-LoRA freezes"):
         run_sim(tiny_config(tmp_path, fl={"algorithm": "fedsa", "rounds": 1}, lora={"freeze_a": True}))
+
+
+def test_which_personalised_methods_secure_aggregation_can_serve() -> None:
+    assert build_algorithm(FLParams("ditto"), 3).secure_sum_problem() is None  # FedAvg's server; v_i stays home
+    assert build_algorithm(FLParams("pfedme"), 3).secure_sum_problem() is None
+    assert "sends part of the adapter" in build_algorithm(FLParams("fedsa"), 3).secure_sum_problem()
+    assert "besides its update" in build_algorithm(FLParams("scaffold"), 3).secure_sum_problem()

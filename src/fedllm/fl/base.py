@@ -208,6 +208,11 @@ class ClientMethod(Component):
     def absorb(self, global_state: State, updates: list[ClientUpdate]) -> None:
         """After the server step: update server-side state from the surviving updates."""
 
+    def secure_sum_problem(self) -> str | None:
+        """Why the server half needs more than the weighted mean of the updates (so secure aggregation
+        cannot serve it), or None."""
+        return "needs what each client sends besides its update" if self.reply_payload else None
+
     def shared(self, global_state: State) -> State:
         """The part of the global adapter the federation shares: sent, updated and aggregated (all of
         it, except for methods that keep some of the adapter local, e.g. FedSA-LoRA's B)."""

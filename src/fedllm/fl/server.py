@@ -189,8 +189,8 @@ class Algorithm:
             return "the Local baseline has nothing to aggregate"
         if self.aggregator.name != "mean":
             return f"the {self.aggregator.name} aggregator needs every update, not only their weighted mean"
-        if self.method.name not in ("plain", "fedprox", "ditto", "pfedme"):
-            return f"{self.params.algorithm} needs what each client sends besides its update (client method {self.method.name})"
+        if (why := self.method.secure_sum_problem()) is not None:
+            return f"{self.params.algorithm} {why} (client method {self.method.name})"
         if self.weighting() not in ("samples", "uniform"):
             return f"weighting {self.weighting()} is known only after training; use samples or uniform"
         server_side = [t.name for t in self.transforms[1:] if not t.on_client_side]

@@ -52,6 +52,9 @@ class FedSA(ClientMethod):
     def shared(self, global_state: State) -> State:
         return shared_part(global_state)
 
+    def secure_sum_problem(self) -> str:
+        return "sends part of the adapter, which the secure sum of whole adapters does not take"
+
     @classmethod
     def hooks(cls, options: Mapping[str, object], global_state: State, payload: Mapping[str, State],
               client_state: State | None) -> ClientHooks:
