@@ -181,9 +181,10 @@ MALFORMED = {
     ),
     "not alternating": (
         '{"c1": [{"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}, {"from": "gpt", "value": "c"}]}]}',
-        "c1", 0, "do not alternate",
+        "c1", 0, "turns do not alternate: a user turn follows a user turn (expected an assistant turn)",
     ),
-    "starts with assistant": ('{"c1": [{"conversations": [{"from": "gpt", "value": "a"}]}]}', "c1", 0, "do not alternate"),
+    "starts with assistant": ('{"c1": [{"conversations": [{"from": "gpt", "value": "a"}]}]}', "c1", 0,
+                              "an assistant turn follows the start of the conversation"),
     "late system turn": (
         '{"c1": [{"conversations": [{"from": "human", "value": "a"}, {"from": "system", "value": "s"}, {"from": "gpt", "value": "b"}]}]}',
         "c1", 0, "system turn may only open",

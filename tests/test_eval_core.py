@@ -251,7 +251,7 @@ def test_a_damaged_adapter_is_named(tiny_run, tmp_path):
 
 
 def test_judge_metrics_without_a_judge_fail_clearly(tiny_run, tmp_path):
-    with pytest.raises(EvalError, match="need an LLM judge"):
+    with pytest.raises(EvalError, match="mt_bench needs an LLM judge"):
         run_evaluation(resolve_targets([str(tiny_run)]), EvalSettings(metrics=["mt_bench"], data_dir=FIXTURES))
     with pytest.raises(EvalError, match="unknown metric 'mmmlu'; known: .*mmlu.*; did you mean 'mmlu'"):
         run_evaluation(resolve_targets([str(tiny_run)]), EvalSettings(metrics=["mmmlu"]))
@@ -286,7 +286,7 @@ def test_cli_eval_prints_a_table_and_writes_results(tiny_run, tmp_path):
     assert (tmp_path / "o" / "results.csv").is_file()
     assert (tmp_path / "o" / "base-tiny" / "mmlu" / "items.jsonl").is_file()
     bad = CliRunner().invoke(app, ["eval", str(tiny_run), "--metrics", "mt_bench", "--data-dir", str(FIXTURES)])
-    assert bad.exit_code == 2 and "need an LLM judge" in bad.output
+    assert bad.exit_code == 2 and "mt_bench needs an LLM judge" in bad.output
     bad = CliRunner().invoke(app, ["eval", str(tiny_run), "--metrics", "mmlu", "--set", "gsm8k.shots=2"])
     assert bad.exit_code == 2 and "not being evaluated" in bad.output
     listed = CliRunner().invoke(app, ["eval", "base", "--metrics", "list"])
@@ -345,3 +345,16 @@ def test_ref_judge_reports_per_language_means_and_excludes_unparsable(tiny_run, 
     peru = next(u for u in seen if "capital of Peru" in u)
     assert "Lima." in peru and "language" in peru.lower()
     assert row["vicuna"] is None and row["_metrics"]["vicuna"]["summary"]["unparsable"] == 3  # no rating in any verdict
+
+
+def test_metrics_list_needs_no_target_and_a_missing_target_is_one_line():
+    """The README's `fedllm eval --metrics list` once failed with "Missing argument 'targets'"."""
+    from typer.testing import CliRunner
+
+    from fedllm.cli import app
+
+    listed = CliRunner().invoke(app, ["eval", "--metrics", "list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    assert "heldout" in listed.output and "mt_bench" in listed.output
+    bare = CliRunner().invoke(app, ["eval", "--metrics", "heldout"])
+    assert bare.exit_code == 2 and "name what to evaluate" in bare.output and "Traceback" not in bare.output

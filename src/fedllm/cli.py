@@ -177,7 +177,8 @@ def report(
 @app.command("eval")
 @_friendly
 def evaluate(
-    targets: list[str] = typer.Argument(..., help="run directories, <run>@round-N, peft adapter directories, or 'base'"),
+    targets: Optional[list[str]] = typer.Argument(None, help="run directories, <run>@round-N, peft adapter directories, "
+                                                             "or 'base'"),
     metrics: str = typer.Option("heldout", "--metrics", "-m", help="comma-separated metrics; `--metrics list` shows them"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="FEDLLM_EVAL_DATA",
                                             help="benchmark files in their published layout (mt_bench/, gsm8k/, mmlu/ ...)"),
@@ -214,6 +215,9 @@ def evaluate(
             table.add_row(name, "yes" if cls.needs_judge else "", cls.description)
         console.print(table)
         return
+    if not targets:
+        raise ConfigError("fedllm eval: name what to evaluate (run directories, <run>@round-N, adapter directories "
+                          "or 'base'), e.g. `fedllm eval runs/fedavg base --metrics heldout`")
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     parsed = apply_overrides({}, options or [])  # "metric.key=v" nests under the metric; "key=v" applies to all
     per_metric: dict[str, dict[str, Any]] = {k: v for k, v in parsed.items() if isinstance(v, dict)}

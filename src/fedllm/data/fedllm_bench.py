@@ -60,6 +60,10 @@ _WRITE_ROLE = {"user": "human", "assistant": "gpt", "system": "system"}
 _JSON_WS = " \t\n\r"
 
 
+def _article(role: str) -> str:
+    return "an" if role == "assistant" else "a"  # a user, a system, an assistant
+
+
 # --------------------------------------------------------------------------------------------
 # Records
 # --------------------------------------------------------------------------------------------
@@ -141,10 +145,9 @@ def _parse_turns(turns: Any, where: str, field: str, *, last_role: str) -> tuple
             if messages:
                 raise DataError(f"{at}: a system turn may only open the conversation")
         elif role != expected:
-            raise DataError(
-                f"{at}: turns do not alternate: a {role} turn follows a "
-                f"{messages[-1].role if messages else 'conversation start'} turn (expected {expected})"
-            )
+            before = f"a {messages[-1].role} turn" if messages else "the start of the conversation"
+            raise DataError(f"{at}: turns do not alternate: {_article(role)} {role} turn follows {before} "
+                            f"(expected {_article(expected)} {expected} turn)")
         messages.append(Message(role, content))
     if messages[-1].role != last_role:
         raise DataError(

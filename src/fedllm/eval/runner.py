@@ -89,8 +89,8 @@ def run_evaluation(targets: list[Target], settings: EvalSettings, console: Conso
     console = console or Console(stderr=True)
     metrics = [get_metric(m) for m in settings.metrics]
     if settings.judge is None and (needing := [m.name for m in metrics if m.needs_judge]):
-        raise EvalError(f"{', '.join(needing)} need an LLM judge: pass --judge-model (and --judge-base-url for a local "
-                        f"or other OpenAI-compatible server)")
+        raise EvalError(f"{', '.join(needing)} {'needs' if len(needing) == 1 else 'need'} an LLM judge: pass "
+                        f"--judge-model (and --judge-base-url for a local or other OpenAI-compatible server)")
     judge_factory = None
     if settings.judge is not None:
         from fedllm.eval.judge import Judge
