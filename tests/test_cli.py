@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -75,3 +76,20 @@ def test_data_build_from_local_files(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "bogus" in res.output
     res = runner.invoke(app, ["data", "build", "fed-pycode", "--data-files", str(src)])
     assert res.exit_code == 2 and "drop --data-files" in res.output
+
+
+def test_data_build_prints_the_path_alone_and_unwrapped(tmp_path, monkeypatch):
+    """Piped, `fedllm data build` once wrapped its path at 80 columns, so `$(… | tail -1)` gave a fragment."""
+    deep = tmp_path / ("a-long-directory-name-" * 4) / "cache"
+    monkeypatch.setenv("FEDLLM_CACHE", str(deep))
+    monkeypatch.setenv("COLUMNS", "80")
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}.\n#### {2 * i}"} for i in range(12)]
+    src = tmp_path / "gsm8k_train.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    res = runner.invoke(app, ["data", "build", "fed-gsm8k-3", "--data-files", str(src)])
+    assert res.exit_code == 0, res.output
+    path = res.stdout.strip()
+    assert len(path) > 80 and "\n" not in path and Path(path).is_file() and path.endswith("fed-gsm8k-3.json")
+    res = runner.invoke(app, ["data", "build", "fed-gsm8k-3", "--data-files", str(src), "--json"])
+    got = json.loads(res.stdout)
+    assert got["path"] == path and Path(got["manifest"]).is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -420,8 +421,10 @@ def data_build(
     data_files: Optional[list[str]] = typer.Option(None, "--data-files", help="read the source from these local files "
                                                    "(json/jsonl/parquet/csv or a saved dataset dir) instead of the hub"),
     options: Optional[list[str]] = typer.Option(None, "--set", help="build option key=value, e.g. --set min_samples=50"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON line (name, data file, manifest) instead of the path"),
 ) -> None:
-    """Build (or reuse) a registered dataset in the cache and print its counts."""
+    """Build (or reuse) a registered dataset in the cache. Counts go to stderr; stdout is the data file's path
+    alone (never wrapped), so `path=$(fedllm data build NAME)` works."""
     from fedllm.config import ConfigError, apply_overrides
     from fedllm.data.sources import default_cache_dir, get_source
 
@@ -436,7 +439,12 @@ def data_build(
     except TypeError as e:
         raise ConfigError(str(e)) from None
     path = src.build(default_cache_dir(), **kwargs)
-    console.print(f"built {name}: {path}")
+    err_console.print(f"built {name}:", highlight=False)
+    if as_json:
+        manifest = path.parent / "manifest.json"
+        typer.echo(json.dumps({"name": name, "path": str(path), "manifest": str(manifest) if manifest.is_file() else None}))
+    else:
+        typer.echo(str(path))  # plain: machine-readable output is never wrapped
 
 
 @data_app.command("stats")
