@@ -156,6 +156,22 @@ def test_other_file_formats(tmp_path: Path) -> None:
     listed.write_text(json.dumps(dolly_rows()))
     assert load_dolly_rows(parquet) == load_dolly_rows(listed) == dolly_rows()
     assert load_dolly_rows([listed, parquet]) == dolly_rows() * 2  # several files: rows in order
+    # CSV, as --data-files promises and fed-dolly accepts for the same file (Shepherd builds once refused it)
+    from tests.test_sources_public import write_csv
+
+    csv_file = write_csv(tmp_path / "dolly.csv", dolly_rows())
+    assert load_dolly_rows(csv_file) == dolly_rows()
+    with pytest.raises(DataError, match="category"):
+        load_dolly_rows(write_csv(tmp_path / "bad.csv", [{"instruction": "q", "response": "a"}]))
+
+
+def test_data_list_states_how_shards_differ_from_shepherds_script() -> None:
+    from typer.testing import CliRunner
+
+    from fedllm.cli import app
+
+    out = CliRunner().invoke(app, ["data", "list"], env={"COLUMNS": "400"}).output
+    assert "at most 2 categories" in out and "up to 3" in out and "cut_at_labels=false" in out
 
 
 def test_bad_arguments_and_data(dolly_file: Path, tmp_path: Path) -> None:
@@ -172,10 +188,10 @@ def test_bad_arguments_and_data(dolly_file: Path, tmp_path: Path) -> None:
         source.build(tmp_path, data_files=str(dolly_file), progress=False)  # 100 clients x 40 > 200 rows
     with pytest.raises(DataError, match="no such data file"):
         source.build(tmp_path, data_files=str(tmp_path / "missing.jsonl"))
-    csv = tmp_path / "dolly.csv"
-    csv.write_text("instruction,context,response,category\n")
+    tsv = tmp_path / "dolly.tsv"
+    tsv.write_text("instruction,context,response,category\n")
     with pytest.raises(DataError, match="unsupported data file type"):
-        source.build(tmp_path, data_files=csv)
+        source.build(tmp_path, data_files=tsv)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(json.dumps({"instruction": "q", "response": "a"}) + "\n" for _ in range(3)))
     with pytest.raises(DataError, match=r"bad.jsonl: row 0 is not in Dolly's schema: missing field\(s\) \['context', 'category'\]"):

@@ -288,7 +288,8 @@ def _as_object(rec: Any, where: str, source: str) -> Mapping[str, Any]:
     return rec
 
 
-def _csv_records(path: Path, source: str, required: Sequence[str]) -> Iterator[Row]:
+def csv_rows(path: Path, source: str, required: Sequence[str]) -> Iterator[Row]:
+    """The rows of a CSV file with a header (UTF-8, BOM allowed); a missing required column is an error."""
     reader = csv.DictReader(io.StringIO(_read_text(path, source), newline=""))
     _check_columns(reader.fieldnames or [], required, str(path), source)
     for i, rec in enumerate(reader):
@@ -346,7 +347,7 @@ def iter_rows(
             if kind == ".parquet":
                 yield from _parquet_records(path, spec.source, required, optional)
             elif kind == ".csv":
-                yield from _csv_records(path, spec.source, required)
+                yield from csv_rows(path, spec.source, required)
             elif kind in (".json", ".jsonl", ".ndjson"):
                 for row in _json_records(path, spec.source):
                     _check_columns(row.data, required, row.where, spec.source)

@@ -61,7 +61,7 @@ HUB_ID = "databricks/databricks-dolly-15k"
 DOLLY_FIELDS = ("instruction", "context", "response", "category")
 GLOBAL_TEST_FILE = "global_test.json"
 PLOT_FILE = "partition.png"
-_FORMATS = (".json", ".jsonl", ".parquet")
+_FORMATS = (".json", ".jsonl", ".parquet", ".csv")
 _NOT_KEYED = ("progress", "data_files")  # data_files enter the key by content, not by path
 
 _COMMON_KWARGS: Mapping[str, Any] = MappingProxyType(
@@ -69,7 +69,7 @@ _COMMON_KWARGS: Mapping[str, Any] = MappingProxyType(
         "num_clients": 100,
         "test_per_category": 10,
         "seed": 42,
-        "data_files": None,  # local json/jsonl/parquet file(s) in Dolly's schema; None: the hub
+        "data_files": None,  # local json/jsonl/parquet/csv file(s) in Dolly's schema; None: the hub
         "dataset": HUB_ID,
         "revision": None,
         "progress": True,
@@ -97,11 +97,16 @@ def _data_paths(data_files: str | os.PathLike[str] | Sequence[str | os.PathLike[
 
 
 def _read_file(path: Path) -> list[Any]:
-    """The rows of one JSON (a list of objects), JSON Lines or Parquet file."""
+    """The rows of one JSON (a list of objects), JSON Lines, Parquet or CSV file (with a header row, as
+    the hub's and fed-dolly's CSV copies)."""
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
+    if path.suffix.lower() == ".csv":
+        from fedllm.data.sources.hub import csv_rows
+
+        return [dict(row.data) for row in csv_rows(path, "shepherd-dolly", DOLLY_FIELDS)]
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -128,7 +133,7 @@ def load_dolly_rows(
     dataset: str = HUB_ID,
     revision: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Dolly rows (dicts with DOLLY_FIELDS) from local JSON/JSONL/Parquet `data_files`, in order, or,
+    """Dolly rows (dicts with DOLLY_FIELDS) from local JSON/JSONL/Parquet/CSV `data_files`, in order, or,
     when None, from the hub dataset `dataset` through datasets.load_dataset (and its cache)."""
     if data_files is None:
         import datasets
@@ -379,7 +384,9 @@ class ShepherdDollyShards(_ShepherdDolly):
 
     description = (
         "Dolly-15k as in FedIT/Shepherd: 10 per category held out as global_test.json, the rest sorted by "
-        "category into 2 shards per client (100 clients, at most 2 categories each)."
+        "category into 2 shards per client (100 clients). Shards are cut at category boundaries "
+        "(cut_at_labels=true), so a client sees at most 2 categories; Shepherd's own script cuts equal shards, "
+        "which gives up to 3 (--set cut_at_labels=false)."
     )
     splitter = "shards"
     default_kwargs = MappingProxyType({**_COMMON_KWARGS, "shards_per_client": 2, "cut_at_labels": True})
