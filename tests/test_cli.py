@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -93,3 +95,28 @@ def test_data_build_prints_the_path_alone_and_unwrapped(tmp_path, monkeypatch):
     res = runner.invoke(app, ["data", "build", "fed-gsm8k-3", "--data-files", str(src), "--json"])
     got = json.loads(res.stdout)
     assert got["path"] == path and Path(got["manifest"]).is_file()
+
+
+def test_a_build_from_local_files_is_listed_and_used_by_data_stats(tmp_path, monkeypatch):
+    """After `data build NAME --data-files …`, `data list` said "built: no" and `data stats NAME` went to the hub."""
+    import datasets
+
+    from tests.conftest import AYA_FIXTURE_LANGUAGES, write_aya_fixture
+
+    monkeypatch.setenv("FEDLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was contacted"))
+    fixture = write_aya_fixture(tmp_path / "aya.jsonl")
+    langs = ", ".join(AYA_FIXTURE_LANGUAGES)
+    res = runner.invoke(app, ["data", "build", "fed-aya", "--data-files", str(fixture), "--set", "min_samples=5",
+                              "--set", f"languages=[{langs}]", "--set", "progress=false"])
+    assert res.exit_code == 0, res.output
+    built = res.stdout.strip()
+    listed = runner.invoke(app, ["data", "list"], env={"COLUMNS": "300"}).output
+    row = next(line for line in listed.splitlines() if "fed-aya" in line)
+    assert "yes: 1 from other input or options" in row
+    out = tmp_path / "stats"
+    res = runner.invoke(app, ["data", "stats", "fed-aya", "--model", "tiny", "--out", str(out), "--no-ifd",
+                              "--no-embeddings"])
+    assert res.exit_code == 0, res.output
+    assert f"using the newest build in the cache, {built}" in res.output.replace("\n", "") and str(fixture) in res.output.replace("\n", "")
+    assert json.loads((out / "stats.json").read_text())["table1"]["clients"] == 8

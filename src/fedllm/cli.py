@@ -410,7 +410,12 @@ def data_list() -> None:
     cache = default_cache_dir()
     for name, cls in sorted(SOURCES.items()):
         src = cls()
-        table.add_row(name, "yes" if src.is_built(cache, **src.default_kwargs) else "no", src.description)
+        n = len(src.builds(cache))
+        if src.is_built(cache, **src.default_kwargs):
+            built = "yes" + (f" (+{n - 1} other)" if n > 1 else "")
+        else:  # a build from local files or other options is a build too
+            built = f"yes: {n} from other input or options" if n else "no"
+        table.add_row(name, built, src.description)
     console.print(table)
 
 
@@ -425,26 +430,65 @@ def data_build(
 ) -> None:
     """Build (or reuse) a registered dataset in the cache. Counts go to stderr; stdout is the data file's path
     alone (never wrapped), so `path=$(fedllm data build NAME)` works."""
-    from fedllm.config import ConfigError, apply_overrides
     from fedllm.data.sources import default_cache_dir, get_source
 
     src = get_source(name)
-    kwargs = apply_overrides({}, options or [])
-    if data_files:
-        if "data_files" not in src.default_kwargs:
-            raise ConfigError(f"{name} is built from installed packages, not from files; drop --data-files")
-        kwargs["data_files"] = data_files if len(data_files) > 1 else data_files[0]
-    try:
-        kwargs = src.resolve_kwargs(kwargs)
-    except TypeError as e:
-        raise ConfigError(str(e)) from None
-    path = src.build(default_cache_dir(), **kwargs)
+    path = src.build(default_cache_dir(), **_build_kwargs(src, data_files, options))
     err_console.print(f"built {name}:", highlight=False)
     if as_json:
         manifest = path.parent / "manifest.json"
         typer.echo(json.dumps({"name": name, "path": str(path), "manifest": str(manifest) if manifest.is_file() else None}))
     else:
         typer.echo(str(path))  # plain: machine-readable output is never wrapped
+
+
+def _build_kwargs(src: Any, data_files: Optional[list[str]], options: Optional[list[str]]) -> dict[str, Any]:
+    """`--data-files` and `--set` as a source's resolved build arguments; one clear line if they do not fit."""
+    from fedllm.config import ConfigError, apply_overrides
+
+    kwargs = apply_overrides({}, options or [])
+    if data_files:
+        if "data_files" not in src.default_kwargs:
+            raise ConfigError(f"{src.name} is built from installed packages, not from files; drop --data-files")
+        kwargs["data_files"] = data_files if len(data_files) > 1 else data_files[0]
+    try:
+        return src.resolve_kwargs(kwargs)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _built_dataset(name: str, data_files: Optional[list[str]], options: Optional[list[str]]) -> str:
+    """What `data stats NAME` reads: a file path as given; for a registered name the build the options
+    name, else the default build if cached, else the newest cached build of any input, else NAME (built)."""
+    from fedllm.config import ConfigError
+    from fedllm.data.sources import SOURCES, default_cache_dir, get_source
+
+    if name.lower() not in SOURCES:
+        if data_files or options:
+            raise ConfigError(f"--data-files and --set apply to registered datasets, not to the file {name}")
+        return name
+    src, cache = get_source(name), default_cache_dir()
+    if data_files or options:
+        return str(src.build(cache, **_build_kwargs(src, data_files, options)))
+    if src.is_built(cache, **src.default_kwargs):
+        return name
+    if builds := src.builds(cache):
+        path, manifest = builds[0]
+        err_console.print(f"{name}: using the newest build in the cache, {path} (from {_build_input(manifest)}; "
+                          f"{len(builds)} build{'s' if len(builds) > 1 else ''} cached)", highlight=False)
+        return str(path)
+    return name
+
+
+def _build_input(manifest: dict[str, Any]) -> str:
+    """Where a build read its input from, in a few words (its manifest has the details)."""
+    src = manifest.get("source") or manifest.get("input")
+    if isinstance(src, dict):
+        files = src.get("data_files") or src.get("files")
+        if isinstance(files, list):
+            return ", ".join(str(f.get("path", f)) if isinstance(f, dict) else str(f) for f in files)
+        return str(files or src.get("hub_id") or src)
+    return str(src) if src else "installed packages"
 
 
 @data_app.command("stats")
@@ -457,8 +501,13 @@ def data_stats(
     no_ifd: bool = typer.Option(False, "--no-ifd", help="skip the IFD data-quality scores"),
     no_embeddings: bool = typer.Option(False, "--no-embeddings", help="skip the t-SNE of sentence embeddings"),
     max_length: int = typer.Option(384, "--max-length", min=1, help="training length limit (data.max_length): count the samples it leaves without a response token"),
+    data_files: Optional[list[str]] = typer.Option(None, "--data-files", help="as `data build`: the build from these "
+                                                   "local files (built first if needed)"),
+    options: Optional[list[str]] = typer.Option(None, "--set", help="as `data build`: build option key=value"),
 ) -> None:
-    """Dataset statistics after FedLLM-Bench 3.3: Table 1 row, figures, stats.json and a README.md card."""
+    """Dataset statistics after FedLLM-Bench 3.3: Table 1 row, figures, stats.json and a README.md card.
+    A registered name means its build: the one --data-files/--set name, else the default one, else the
+    newest build in the cache (from local files, say)."""
     import time
 
     from fedllm.describe import fmt_pm
@@ -467,7 +516,8 @@ def data_stats(
     start = time.perf_counter()
     opts = StatsOptions(max_samples_per_client=max_samples_per_client, ifd=not no_ifd, embeddings=not no_embeddings,
                         train_max_length=max_length)
-    out_dir, stats = run_stats(name, out, model=model, options=opts, console=err_console)
+    target = _built_dataset(name, data_files, options)
+    out_dir, stats = run_stats(target, out, model=model, options=opts, console=err_console)
     t, tr = stats["table1"], stats["truncated_to_nothing"]
     table = Table(title=f"{t['dataset']}: FedLLM-Bench Table 1 row")
     table.add_column("statistic")

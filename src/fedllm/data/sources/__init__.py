@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, Callable, ClassVar, TypeVar
 
 from fedllm.data.fedllm_bench import load_fedllm_bench
-from fedllm.data.sources.builds import MANIFEST_FILE
+from fedllm.data.sources.builds import MANIFEST_FILE, read_build_manifest
 from fedllm.data.schema import DataError, FederatedDataset
 from fedllm.paths import cache_root
 from fedllm.registry import Registry
@@ -58,6 +58,16 @@ class DatasetSource:
     def build(self, cache_dir: Path, **kwargs: Any) -> Path:  # pragma: no cover - interface
         """Build (or reuse) the dataset under `self.dataset_dir(cache_dir)`; returns the file's path."""
         raise NotImplementedError
+
+    def builds(self, cache_dir: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any]]]:
+        """Every complete build of this source in the cache, whatever its arguments or input (hub or
+        local files), newest first: (data file, manifest)."""
+        root = self.dataset_dir(cache_dir)
+        found = []
+        for d in sorted(root.iterdir()) if root.is_dir() else []:
+            if d.is_dir() and not d.name.startswith(".") and (m := read_build_manifest(d, d.name)) is not None:
+                found.append((d / m["data_file"], m))
+        return sorted(found, key=lambda b: b[0].stat().st_mtime, reverse=True)
 
     def client_attributes(self, manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """Per client, the attributes a run may group clients by (language, category …), from the
