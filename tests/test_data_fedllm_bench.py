@@ -175,22 +175,20 @@ MALFORMED = {
     "record not an object": ('{"c1": [%s, %s, "text"]}' % (GOOD, GOOD), "c1", 2, "must be a JSON object"),
     "unknown kind": ('{"c1": [{"text": "x"}]}', "c1", 0, "unknown record kind"),
     "empty conversation": ('{"c1": [{"conversations": []}]}', "c1", 0, "empty conversation"),
-    "ends with user": (
-        '{"c1": [{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}, {"from": "human", "value": "c"}]}]}',
-        "c1", 0, "must end with a turn by the assistant",
-    ),
     "not alternating": (
         '{"c1": [{"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}, {"from": "gpt", "value": "c"}]}]}',
         "c1", 0, "turns do not alternate: a user turn follows a user turn (expected an assistant turn)",
     ),
-    "starts with assistant": ('{"c1": [{"conversations": [{"from": "gpt", "value": "a"}]}]}', "c1", 0,
-                              "an assistant turn follows the start of the conversation"),
+    "only an assistant turn": ('{"c1": [{"conversations": [{"from": "gpt", "value": "a"}]}]}', "c1", 0,
+                               "has no user turn answered by the assistant"),
+    "two assistant turns": (
+        '{"c1": [{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}, '
+        '{"from": "gpt", "value": "c"}]}]}', "c1", 0, "an assistant turn follows an assistant turn"),
     "late system turn": (
         '{"c1": [{"conversations": [{"from": "human", "value": "a"}, {"from": "system", "value": "s"}, {"from": "gpt", "value": "b"}]}]}',
         "c1", 0, "system turn may only open",
     ),
     "unknown speaker": ('{"c1": [{"conversations": [{"from": "bot", "value": "a"}]}]}', "c1", 0, "unknown speaker 'bot'"),
-    "empty response": ('{"c1": [{"instruction": "q", "response": " "}]}', "c1", 0, "field 'response' is empty"),
     "preference prompt ends with assistant": (
         '{"c1": [{"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "chosen": "x", "rejected": "y"}]}',
         "c1", 0, "must end with a turn by the user",
@@ -317,3 +315,55 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pyt
         write_fedllm_bench({"a": [InstructionSample.single_turn("x", "y")]}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["d.json"]  # no temp file left behind
+
+
+def test_what_fedllm_bench_accepts_is_read_its_way_and_counted(tmp_path: Path) -> None:
+    """One conversation opened by `gpt`, ended by `human`, or an empty response once rejected the whole
+    file; FedLLM-Bench's preprocessing drops a leading gpt turn, leaves a trailing human turn untrained
+    and trains on an empty response."""
+    from fedllm.data.fedllm_bench import load_fedllm_bench
+
+    records = {"c1": [
+        {"conversations": [{"from": "gpt", "value": "Hello! How can I help?"}, {"from": "human", "value": "q1"},
+                           {"from": "gpt", "value": "a1"}]},
+        {"conversations": [{"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"},
+                           {"from": "human", "value": "thanks"}]},
+        {"instruction": "q3", "response": ""},
+        {"conversations": [{"from": "human", "value": "q4"}, {"from": "gpt", "value": ""}]},
+    ], "c2": [{"instruction": "q", "response": "a"}] * 2}
+    path = tmp_path / "fed.json"
+    path.write_text(json.dumps(records))
+    ds = load_fedllm_bench(path, test_fraction=0.0, min_test=0)
+    got = [[(m.role, m.content) for m in s.messages] for s in ds["c1"].train]
+    assert got == [[("user", "q1"), ("assistant", "a1")], [("user", "q2"), ("assistant", "a2")],
+                   [("user", "q3"), ("assistant", "")], [("user", "q4"), ("assistant", "")]]
+    fix = {"leading_assistant_turn_dropped": 1, "trailing_user_turn_dropped": 1, "empty_response_kept": 1,
+           "empty_assistant_turn_kept": 1}
+    assert ds["c1"].meta["fixups"] == fix and "fixups" not in ds["c2"].meta
+    assert ds.meta["fixups"] == fix
+    # an empty response still trains: its end-of-turn token is a loss token
+    from fedllm.data.formatting import encode_sft, get_template
+    from fedllm.models.tiny import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    assert encode_sft(ds["c1"].train[2], get_template("chat", tok), tok, 64)["num_trainable"] >= 1
+
+
+def test_data_stats_reports_the_fixups(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedllm.cli import app
+
+    records = {"c1": [{"conversations": [{"from": "gpt", "value": "Hi!"}, {"from": "human", "value": "q"},
+                                         {"from": "gpt", "value": "a"}]}, {"instruction": "q", "response": ""}] * 2,
+               "c2": [{"instruction": "q", "response": "a"}] * 3}
+    path = tmp_path / "fed.json"
+    path.write_text(json.dumps(records))
+    res = CliRunner().invoke(app, ["data", "stats", str(path), "--model", "tiny", "--out", str(tmp_path / "s"),
+                                   "--no-ifd", "--no-embeddings"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads((tmp_path / "s" / "stats.json").read_text())
+    assert stats["fixups"]["total"] == {"empty_response_kept": 2, "leading_assistant_turn_dropped": 2}
+    assert stats["fixups"]["per_client"] == {"c1": {"empty_response_kept": 2, "leading_assistant_turn_dropped": 2}}
+    card = (tmp_path / "s" / "README.md").read_text()
+    assert "Read as FedLLM-Bench reads its files: 2 empty responses kept" in card

@@ -20,6 +20,7 @@ writer accepts, so it is refused where it is read (and before anything is writte
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -100,22 +101,29 @@ def _optional_str(record: Mapping[str, Any], key: str, where: str) -> str | None
     return value if value is None else check_unicode(value, f"{where}, {key}")
 
 
-def _required_str(record: Mapping[str, Any], key: str, where: str) -> str:
-    """The non-empty string field `key`."""
+def _required_str(record: Mapping[str, Any], key: str, where: str, empty_ok: bool = False) -> str:
+    """The string field `key`, non-empty unless ``empty_ok``."""
     if key not in record:
         raise DataError(f"{where}: missing field {key!r}")
     value = record[key]
     if not isinstance(value, str):
         raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
     check_unicode(value, f"{where}, {key}")
-    if not value.strip():
+    if not value.strip() and not empty_ok:
         raise DataError(f"{where}: field {key!r} is empty")
     return value
 
 
-def _parse_turns(turns: Any, where: str, field: str, *, last_role: str) -> tuple[Message, ...]:
+def _parse_turns(turns: Any, where: str, field: str, *, last_role: str,
+                 fixups: Counter[str] | None = None) -> tuple[Message, ...]:
     """A list of chat turns -> messages: optional leading system turn, then user/assistant turns
-    alternating from a user turn and ending with `last_role`."""
+    alternating from a user turn and ending with `last_role`.
+
+    A conversation (``last_role="assistant"``) is read the way FedLLM-Bench's preprocessing treats
+    its released files: assistant turns before the first user turn are dropped, user turns after the
+    last assistant turn are dropped (they would be left untrained), and empty turns are kept (an empty
+    response trains the end-of-turn token); each fix-up is counted in ``fixups``."""
+    lenient = last_role == "assistant"
     if not isinstance(turns, list):
         raise DataError(f"{where}: field {field!r} must be a list of turns, got {type(turns).__name__}")
     if not turns:
@@ -139,16 +147,28 @@ def _parse_turns(turns: Any, where: str, field: str, *, last_role: str) -> tuple
             raise DataError(f"{at}: {content_key!r} must be a string, got {type(content).__name__}")
         check_unicode(content, f"{where}, {field}[{t}].{content_key}")
         if role != "system" and not content.strip():
-            raise DataError(f"{at}: empty {role} turn")
+            if not lenient:
+                raise DataError(f"{at}: empty {role} turn")
+            _count(fixups, f"empty_{role}_turn_kept")
+        opening = not any(m.role == "user" for m in messages)
+        if lenient and role == "assistant" and opening:
+            _count(fixups, "leading_assistant_turn_dropped")
+            continue
         expected = "user" if not messages or messages[-1].role != "user" else "assistant"
         if role == "system":
             if messages:
                 raise DataError(f"{at}: a system turn may only open the conversation")
         elif role != expected:
-            before = f"a {messages[-1].role} turn" if messages else "the start of the conversation"
+            before = f"{_article(messages[-1].role)} {messages[-1].role} turn" if messages else "the start of the conversation"
             raise DataError(f"{at}: turns do not alternate: {_article(role)} {role} turn follows {before} "
                             f"(expected {_article(expected)} {expected} turn)")
         messages.append(Message(role, content))
+    if lenient:
+        while messages and messages[-1].role == "user":
+            messages.pop()
+            _count(fixups, "trailing_user_turn_dropped")
+        if not any(m.role == "assistant" for m in messages):
+            raise DataError(f"{where}: field {field!r} has no user turn answered by the assistant")
     if messages[-1].role != last_role:
         raise DataError(
             f"{where}: field {field!r} must end with a turn by the {last_role}, not by the {messages[-1].role}"
@@ -156,13 +176,21 @@ def _parse_turns(turns: Any, where: str, field: str, *, last_role: str) -> tuple
     return tuple(messages)
 
 
-def parse_record(record: Any, *, file: str | os.PathLike[str], client: str, index: int) -> Sample:
-    """One FedLLM-Bench record -> a schema sample; a DataError names file, client and index."""
+def _count(fixups: Counter[str] | None, what: str) -> None:
+    if fixups is not None:
+        fixups[what] += 1
+
+
+def parse_record(record: Any, *, file: str | os.PathLike[str], client: str, index: int,
+                 fixups: Counter[str] | None = None) -> Sample:
+    """One FedLLM-Bench record -> a schema sample; a DataError names file, client and index. What
+    FedLLM-Bench itself accepts (an empty response, a conversation opened by the assistant or ended
+    by the user) is read as it reads it, and counted in ``fixups``."""
     where = _where(file, client, index)
     if not isinstance(record, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
     if "conversations" in record:
-        messages = _parse_turns(record["conversations"], where, "conversations", last_role="assistant")
+        messages = _parse_turns(record["conversations"], where, "conversations", last_role="assistant", fixups=fixups)
         system = _optional_str(record, "system", where)
         if system and messages[0].role != "system":
             messages = (Message("system", system), *messages)
@@ -179,7 +207,9 @@ def parse_record(record: Any, *, file: str | os.PathLike[str], client: str, inde
     if "instruction" in record or "response" in record or "output" in record:
         instruction = _required_str(record, "instruction", where)
         response_key = "response" if "response" in record or "output" not in record else "output"
-        response = _required_str(record, response_key, where)
+        response = _required_str(record, response_key, where, empty_ok=True)
+        if not response.strip():
+            _count(fixups, "empty_response_kept")
         extra = _optional_str(record, "input", where)
         if extra and extra.strip():
             instruction = f"{instruction}\n\n{extra}"
@@ -349,8 +379,10 @@ def _decode(data: bytes) -> tuple[str, int | None, int | None]:
         return data[bom:].decode("utf-8", errors="surrogateescape"), bad_char, bad_byte
 
 
-def read_fedllm_bench(path: str | os.PathLike[str]) -> dict[str, list[Sample]]:
-    """client id -> parsed samples of a FedLLM-Bench file, in file order; no split."""
+def read_fedllm_bench(path: str | os.PathLike[str],
+                      fixups: dict[str, Counter[str]] | None = None) -> dict[str, list[Sample]]:
+    """client id -> parsed samples of a FedLLM-Bench file, in file order; no split. ``fixups`` gets,
+    per client, the counts of what was read as FedLLM-Bench reads it (see :func:`parse_record`)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -364,7 +396,10 @@ def read_fedllm_bench(path: str | os.PathLike[str]) -> dict[str, list[Sample]]:
     for client, records in raw.items():
         if not records:
             raise DataError(f"{path}: client {client!r}: empty client (0 records)")
-        samples = [parse_record(r, file=path, client=client, index=i) for i, r in enumerate(records)]
+        counts: Counter[str] = Counter()
+        samples = [parse_record(r, file=path, client=client, index=i, fixups=counts) for i, r in enumerate(records)]
+        if fixups is not None and counts:
+            fixups[client] = counts
         kind = sample_kind(samples[0])
         for i, s in enumerate(samples):
             if sample_kind(s) != kind:
@@ -428,7 +463,8 @@ def load_fedllm_bench(
     path = Path(path)
     if max_clients is not None and max_clients < 1:
         raise ValueError(f"max_clients must be >= 1, got {max_clients}")
-    clients = read_fedllm_bench(path)
+    fixups: dict[str, Counter[str]] = {}
+    clients = read_fedllm_bench(path, fixups)
     ids = list(clients)[:max_clients] if max_clients is not None else list(clients)
     out: list[ClientData] = []
     for cid in ids:
@@ -439,6 +475,7 @@ def load_fedllm_bench(
             "num_train": len(train),
             "num_test": len(test),
             "kind": sample_kind(samples[0]),
+            **({"fixups": dict(sorted(fixups[cid].items()))} if cid in fixups else {}),
         }
         out.append(ClientData(cid, train, test, meta))
     meta = {
@@ -450,6 +487,7 @@ def load_fedllm_bench(
         "max_clients": max_clients,
         "num_clients": len(out),
         "num_samples": sum(c.meta["num_samples"] for c in out),
+        "fixups": dict(sorted(sum((fixups.get(c.id, Counter()) for c in out), Counter()).items())),
     }
     return FederatedDataset.from_clients(name or path.stem, out, meta)
 

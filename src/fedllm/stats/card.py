@@ -42,6 +42,21 @@ def _table1(stats: dict[str, Any]) -> list[str]:
     ]
 
 
+_FIXUP_WORDS = {"leading_assistant_turn_dropped": "assistant turns opening a conversation dropped",
+                "trailing_user_turn_dropped": "user turns after the last reply dropped (they would not be trained)",
+                "empty_response_kept": "empty responses kept (they train the end-of-turn token)",
+                "empty_assistant_turn_kept": "empty assistant turns kept", "empty_user_turn_kept": "empty user turns kept"}
+
+
+def _fixups(stats: dict[str, Any]) -> list[str]:
+    """What was read the way FedLLM-Bench's preprocessing reads its files, with counts."""
+    total = (stats.get("fixups") or {}).get("total") or {}
+    if not total:
+        return []
+    parts = "; ".join(f"{n} {_FIXUP_WORDS.get(k, k)}" for k, n in total.items())
+    return [f"Read as FedLLM-Bench reads its files: {parts} (per client: `fixups` in stats.json).", ""]
+
+
 def _truncation(stats: dict[str, Any]) -> list[str]:
     """One line: how many samples the training max_length leaves without a response token."""
     tr = stats.get("truncated_to_nothing")
@@ -136,7 +151,7 @@ def render(stats: dict[str, Any]) -> str:
     if stats["problems"]:
         out += ["## Problems found in the data", "", *[f"* {_cell(p)}" for p in stats["problems"]], ""]
     out += ["## Quantity", "", *_figure(stats, "quantity", "samples per client")]
-    out += ["## Lengths", "", *_truncation(stats), *_figure(stats, "lengths", "token lengths per client")]
+    out += ["## Lengths", "", *_fixups(stats), *_truncation(stats), *_figure(stats, "lengths", "token lengths per client")]
     out += ["## Languages", ""]
     if "languages" in stats["figures"]:
         out += [f"Languages from {d['language_source']}.", "", *_figure(stats, "languages", "languages of clients")]

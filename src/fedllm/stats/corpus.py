@@ -33,6 +33,7 @@ class Federation:
     problems: list[str] = field(default_factory=list)
     languages: dict[str, Counter[str]] = field(default_factory=dict)  # clients with a known language only
     language_source: str | None = None
+    fixups: dict[str, Counter[str]] = field(default_factory=dict)  # per client: records read as FedLLM-Bench reads them
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -112,7 +113,8 @@ def from_dataset(dataset: FederatedDataset) -> Federation:
     return fed
 
 
-def _lenient_read(path: Path, strict_error: DataError) -> tuple[dict[str, list[Sample]], list[str]]:
+def _lenient_read(path: Path, strict_error: DataError,
+                  fixups: dict[str, Counter[str]]) -> tuple[dict[str, list[Sample]], list[str]]:
     """Parse what can be parsed of a file the strict reader refused; every skipped piece is a problem."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -134,9 +136,10 @@ def _lenient_read(path: Path, strict_error: DataError) -> tuple[dict[str, list[S
             problems.append(f"client {cid!r}: records are a {type(records).__name__}, not a list; client skipped")
             continue
         samples: list[Sample] = []
+        counts: Counter[str] = Counter()
         for i, rec in enumerate(records):
             try:
-                sample = parse_record(rec, file=path, client=cid, index=i)
+                sample = parse_record(rec, file=path, client=cid, index=i, fixups=counts)
             except DataError as e:
                 problems.append(f"{e} (record skipped)")
                 continue
@@ -146,6 +149,8 @@ def _lenient_read(path: Path, strict_error: DataError) -> tuple[dict[str, list[S
                 continue
             samples.append(sample)
         clients[cid] = samples
+        if counts:
+            fixups[cid] = counts
     return clients, problems
 
 
@@ -188,13 +193,15 @@ def _manifest_languages(path: Path) -> dict[str, Counter[str]]:
 def from_file(path: str | os.PathLike[str], name: str | None = None) -> Federation:
     """A FedLLM-Bench file, strictly parsed if possible, else leniently with the problems listed."""
     path = Path(path)
+    fixups: dict[str, Counter[str]] = {}
     try:
-        clients, problems = read_fedllm_bench(path), []
+        clients, problems = read_fedllm_bench(path, fixups), []
     except DataError as e:
         if not path.is_file():
             raise
-        clients, problems = _lenient_read(path, e)
-    fed = Federation(name or path.stem, clients, source=str(path), problems=problems)
+        fixups = {}
+        clients, problems = _lenient_read(path, e, fixups)
+    fed = Federation(name or path.stem, clients, source=str(path), problems=problems, fixups=fixups)
     for where, found in ((f"{MANIFEST} beside the data file", _manifest_languages(path)),
                          ("the records' `language` field", _record_languages(path))):
         found = {cid: c for cid, c in found.items() if cid in clients}

@@ -215,6 +215,8 @@ def analyze(
                      "template": template.name, "std": "population (ddof=0) over clients"},
         "table1": table1(fed.name, clients, opts.ifd),
         "truncated_to_nothing": truncated,
+        "fixups": {"total": dict(sorted(sum(fed.fixups.values(), Counter()).items())),
+                   "per_client": {cid: dict(sorted(c.items())) for cid, c in fed.fixups.items()}},
         "clients": list(clients.values()),
         "ifd": ifd_info,
         "embeddings": embed_info,
