@@ -369,3 +369,41 @@ def test_embed_sim_refuses_a_test_set_without_references_before_generating(tiny_
     settings = EvalSettings(metrics=["embed_sim"], options={"embed_sim": {"testset": str(chatbot)}})
     with pytest.raises(EvalError, match=r"embed_sim compares answers with reference answers.*testset.json.*'reference'"):
         run_evaluation(resolve_targets([str(tiny_run)], out_root=tmp_path / "o"), settings)
+
+
+def test_ref_judge_on_a_wildchat_style_list_uses_the_general_prompt_and_the_plain_mean(tiny_run, tmp_path, monkeypatch):
+    """FedLLM-Bench's WildChat test set is a list whose items carry a `language` (38 English, 9 Russian, one each
+    of three more): its `language` once switched on the Aya rules and a mean of per-language means, so one
+    Japanese item weighed as much as 38 English ones. FedLLM-Bench judges it with its general prompt and a
+    plain mean."""
+    from fedllm.eval import judge as judge_mod
+
+    testset = tmp_path / "wildchat.json"
+    testset.write_text(json.dumps([{"instruction": f"English question {i}?", "language": "English"} for i in range(3)]
+                                  + [{"instruction": "Japanese question?", "language": "Japanese"}]))
+    seen: list[str] = []
+
+    def create(*, messages, **kw):
+        user = messages[-1]["content"]
+        seen.append(user)
+        text = "Rating: [[10]]" if "Japanese" in user else "Rating: [[2]]"
+        return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=text))])
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    real = judge_mod.Judge
+    monkeypatch.setattr(judge_mod, "Judge", lambda cfg, cache_path=None: real(cfg, cache_path=cache_path, client=client))
+
+    def run(options):
+        settings = EvalSettings(metrics=["ref_judge"], options={"*": {"max_new_tokens": 4},
+                                                                "ref_judge": {"testset": str(testset), **options}},
+                                judge=judge_mod.JudgeConfig(model="scripted", output="text"), redo=True)
+        return run_evaluation(resolve_targets([str(tiny_run)], out_root=tmp_path), settings)[0]
+
+    row = run({})
+    s = row["_metrics"]["ref_judge"]["summary"]
+    assert row["ref_judge"] == 4.0  # (3 × 2 + 10) / 4, not (2 + 10) / 2
+    assert s["aya_rules"] is False and s["average"] == "items" and s["mean_of_language_means"] == 6.0
+    assert s["per_language"]["Japanese"]["mean"] == 10.0
+    assert all("written in the same language as the instruction" not in u for u in seen)
+    asked = run({"average": "languages", "aya_rules": True})  # the per-language view, when asked
+    assert asked["ref_judge"] == 6.0 and asked["_metrics"]["ref_judge"]["summary"]["aya_rules"] is True

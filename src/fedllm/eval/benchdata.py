@@ -546,6 +546,17 @@ def _unique(items: list[RefItem], path: Path) -> list[RefItem]:
     return items
 
 
+def is_language_keyed(path: Path) -> bool:
+    """Whether a Ref-judge test set has Fed-Aya's layout (language -> items), where FedLLM-Bench judges
+    with the Aya rules and averages per-language means; its Chatbot/WildChat lists are judged with
+    the general prompt and a plain mean, even where their items carry a language."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return False
+    head = _read_text(path).lstrip()[:1]
+    return head == "{"
+
+
 def load_ref_testset(path: Path) -> list[RefItem]:
     """A Ref-judge test set in one of FedLLM-Bench's formats: Fed-Aya's ``{language: [{instruction,
     reference}]}``, Fed-ChatbotIT/Fed-WildChat's ``[{instruction[, language]}]``, or JSONL with

@@ -1,19 +1,24 @@
 """Ref-judge ("Ref-GPT4" in FedLLM-Bench): in-domain questions graded 1-10 by the LLM judge against
-the human reference answer when there is one. With languages (Fed-Aya), the judge also applies the
-Aya rules (answer in the question's language, answer the request, be factual, be fluent) and the
-report gives per-language mean ± std and the mean of the per-language means."""
+the human reference answer when there is one.
+
+As FedLLM-Bench judges its own test sets: Fed-Aya's (language -> items) with the Aya rules (answer in
+the question's language, answer the request, be factual, be fluent) and the mean of the per-language
+means as the headline; Fed-ChatbotIT's and Fed-WildChat's (a list, some items with a language) with
+the general prompt and the plain mean over items. The per-language mean ± std is always reported
+beside it. Options: ``aya_rules`` (true/false) and ``average`` (``items`` or ``languages``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from fedllm.describe import mean_std
-from fedllm.eval.context import EvalContext, MetricResult, mean
+from fedllm.eval.context import EvalContext, EvalError, MetricResult, mean
 from fedllm.eval.indomain import indomain_answers, indomain_items
 from fedllm.eval.judge import judgment_counts
 from fedllm.eval.metrics import register_metric
 from fedllm.eval.prompts import ref_judge_prompt
-from fedllm.eval.benchdata import RefItem
+from fedllm.eval.benchdata import RefItem, is_language_keyed
 
 
 @register_metric
@@ -25,8 +30,13 @@ class RefJudge:
 
     def run(self, ctx: EvalContext) -> MetricResult:
         items, source = indomain_items(ctx)
+        testset = ctx.option("testset", "")
+        keyed = is_language_keyed(Path(testset)) if testset else any(it.language for it in items)
+        aya = ctx.option("aya_rules", keyed)
+        average = ctx.option("average", "languages" if keyed else "items")
+        if average not in ("items", "languages"):
+            raise EvalError(f"ref_judge.average={average!r}: expected items or languages")
         answers = indomain_answers(ctx, items)
-        aya = ctx.option("aya_rules", any(it.language for it in items))
         reqs = [ref_judge_prompt(RefItem(it.item_id, it.language, it.question, it.reference), a, aya_rules=aya)
                 for it, a in zip(items, answers)]
         js = ctx.rate(reqs, desc="ref judge")
@@ -37,9 +47,12 @@ class RefJudge:
             by_lang.setdefault(r["language"] or "all", []).append(r["score"])
         per_lang = {lang: _scored_stats(v) for lang, v in sorted(by_lang.items())}
         lang_means = [v["mean"] for v in per_lang.values()]
-        score = mean(lang_means) if len(per_lang) > 1 else mean(r["score"] for r in rows)
-        summary = {"source": source, "items": len(rows), "aya_rules": aya, **judgment_counts(js),
+        item_mean = mean(r["score"] for r in rows)
+        language_mean = mean(lang_means) if len(per_lang) > 1 else item_mean
+        score = language_mean if average == "languages" else item_mean
+        summary = {"source": source, "items": len(rows), "aya_rules": aya, "average": average, **judgment_counts(js),
                    "excluded": sum(j.score is None for j in js), "per_language": per_lang,
+                   "mean_over_items": item_mean,
                    "mean_of_language_means": mean(lang_means) if len(per_lang) > 1 else None}
         return MetricResult({"ref_judge": score}, summary, rows)
 
