@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -52,6 +52,7 @@ __all__ = [
     "FedDolly",
     "FedGSM8K3",
     "classify_language",
+    "language_evidence",
 ]
 
 
@@ -124,7 +125,9 @@ _M = re.MULTILINE
 # Explicit mentions in the instruction/input: (language, pattern). "C", "Go" and "R" are common words
 # or letters, so they count only in phrases like "in C", "a Go program", "C code".
 _MENTIONS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("C#", re.compile(r"(?<![\w+#])c#|\bc sharp\b|\.net\b", _I)),
+    ("Visual Basic", re.compile(r"\bvisual basic\b|\bvb(?:\.net|a)?\b", _I)),
+    ("Objective-C", re.compile(r"\bobjective[- ]c\b|\bobj-c\b", _I)),
+    ("C#", re.compile(r"(?<![\w+#])c#|\bc sharp\b|(?<!vb)\.net\b", _I)),
     ("C++", re.compile(r"(?<![\w+#])c\+\+|\bcpp\b", _I)),
     ("TypeScript", re.compile(r"\btypescript\b", _I)),
     ("JavaScript", re.compile(r"\bjavascript\b|\bjs\b|\bnode\.?js\b|\bjquery\b|\breact(?:\.?js)?\b", _I)),
@@ -149,8 +152,12 @@ _CODE: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("PHP", re.compile(r"<\?php|\becho\s+\$\w+")),
     ("HTML/CSS", re.compile(r"<(?:!DOCTYPE|html|head|body|div|span|table|form|ul|ol|h[1-6]|p)\b|^\s*[.#]?[\w-]+\s*\{\s*[\w-]+\s*:", _I | _M)),
     ("SQL", re.compile(r"^\s*(?:SELECT\b[\s\S]*\bFROM\b|INSERT INTO\b|UPDATE \w+ SET\b|DELETE FROM\b|CREATE TABLE\b|ALTER TABLE\b)", _I | _M)),
+    ("Visual Basic", re.compile(r"^\s*(?:Dim \w+ As\b|(?:Public |Private )?(?:Sub|Function) \w+\(.*\)(?: As \w+)?\s*$|"
+                                r"End (?:Sub|Function|Module|If)\b|Module \w+\s*$)", _M)),
+    ("Objective-C", re.compile(r"#import\s*<Foundation/|@interface\b|@implementation\b|\bNSLog\(|\bNSString\b")),
     ("C#", re.compile(r"\bConsole\.Write(?:Line)?\(|^\s*using System\b|\bstatic void Main\(", _M)),
-    ("Java", re.compile(r"\bSystem\.out\.print|\bpublic static void main\s*\(|^\s*import java\.", _M)),
+    ("Java", re.compile(r"\bSystem\.out\.print|\bpublic static void main\s*\(|^\s*import java\.|\bInteger\.parseInt\(|"
+                        r"\bString\[\]\s+\w+|^\s*public\s+(?:static\s+)?(?:final\s+)?[\w<>\[\]]+\s+\w+\s*\([^)]*\)\s*\{", _M)),
     ("C++", re.compile(r"#include\s*<(?:iostream|vector|string|map|set|algorithm|cmath)>|\bstd::|\bcout\s*<<|\bcin\s*>>")),
     ("C", re.compile(r"#include\s*<\w+\.h>|\bprintf\s*\(|\bscanf\s*\(|\bint main\s*\(")),
     ("Go", re.compile(r"^\s*package main\b|\bfmt\.\w+\(|^\s*func \w+\([^)]*\)\s*[\w\[\]*]*\s*\{", _M)),
@@ -160,12 +167,17 @@ _CODE: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("Ruby", re.compile(r"\bputs\b|\.each do\b|\battr_accessor\b|^\s*end\s*$", _M)),
     ("R", re.compile(r"^\s*\w+\s*<-\s*", _M)),
     ("TypeScript", re.compile(r"\b(?:let|const|function \w+\([^)]*)\s*\w*\s*:\s*(?:number|string|boolean)\b")),
-    ("JavaScript", re.compile(r"\bconsole\.log\(|\bfunction\s*\w*\s*\(|\b(?:const|let|var)\s+\w+\s*=|=>|\bdocument\.|\$\(")),
+    # Python's defining lines are decisive: a Python answer may mention `document.` or `=>` in a string or comment
+    ("Python", re.compile(r"^\s*def \w+\(.*\)\s*(?:->\s*[^:]+)?:\s*(?:#.*)?$|^\s*(?:el)?if .+:\s*$|"
+                          r"^if __name__ == ", _M)),
+    ("JavaScript", re.compile(r"\bconsole\.log\(|\bfunction[ \t]*\w*[ \t]*\([^)\n]*\)[ \t]*\{|\b(?:const|let|var)\s+\w+\s*=|"
+                              r"(?:\)|\b\w+)[ \t]*=>[ \t]*[{(\w]|\bdocument\.(?:getElement|querySelector|write|"
+                              r"createElement|addEventListener|body)|\$\(")),
     ("Bash", re.compile(r"^#!/bin/(?:ba)?sh|^\s*(?:fi|done|esac)\s*$", _M)),
     ("X86-64 Assembly", re.compile(r"^\s*(?:mov|push|pop|jmp|call|syscall|section)\b", _I | _M)),
     ("Python", re.compile(r"^\s*def \w+\(.*\)\s*(?:->\s*[^:]+)?:\s*$|^\s*(?:import \w+|from [\w.]+ import)|\bprint\(|^\s*for \w+(?:, \w+)* in .+:\s*$|^\s*class \w+(?:\(.*\))?:\s*$", _M)),
 )
-_ORDER = [lang for lang, _ in _CODE]
+_ORDER = list(dict.fromkeys(lang for lang, _ in _CODE))
 
 
 def classify_language(instruction: str, extra: str | None, output: str) -> str:
@@ -178,16 +190,21 @@ def classify_language(instruction: str, extra: str | None, output: str) -> str:
     3. Several named and none of them recognisable in the output -> 'ambiguous'; nothing named and no
        marker -> 'none' (e.g. a question answered in prose).
     """
+    return language_evidence(instruction, extra, output)[0]
+
+
+def language_evidence(instruction: str, extra: str | None, output: str) -> tuple[str, set[str], list[str]]:
+    """(classify_language's decision, the languages named, the languages whose markers the answer has,
+    in precedence order): the evidence a build manifest reports as the classifier's confusion."""
     text = f"{instruction}\n{extra or ''}"
     named = {lang for lang, pat in _MENTIONS if pat.search(text)}
+    coded = list(dict.fromkeys(lang for lang, pat in _CODE if pat.search(output)))
     if len(named) == 1:
-        return next(iter(named))
-    coded = [lang for lang, pat in _CODE if pat.search(output)]
+        return next(iter(named)), named, coded
     if named:
-        coded = [lang for lang in coded if lang in named]
-        if not coded:
-            return "ambiguous"
-    return coded[0] if coded else "none"
+        within = [lang for lang in coded if lang in named]
+        return (within[0] if within else "ambiguous"), named, coded
+    return (coded[0] if coded else "none"), named, coded
 
 
 @register_source("fed-codealpaca")
@@ -199,6 +216,7 @@ class FedCodeAlpaca(_MetaSplit):
         "excluded); language from keyword rules on sahil2801/CodeAlpaca-20k, or rosetta_alpaca.json's `input`."
     )
     hub_id = "sahil2801/CodeAlpaca-20k"
+    builder_version = 2  # 2: classifier fixes (Python vs JavaScript, Visual Basic, Objective-C, Java)
     meta_field = "language"
     required_fields = ("instruction", "input", "output")
     construction = (
@@ -217,6 +235,28 @@ class FedCodeAlpaca(_MetaSplit):
         }
     )
 
+    def construct(self, rows: Iterable[Row], params: Mapping[str, Any], drops: Drops) -> Built:
+        """The clients, and the classifier's confusion in the manifest: with keywords, per language a
+        row was filed under, the other languages whose markers its answer also had; with a labelled
+        input (``language_from='input'``), labelled language -> what the keyword rules would say, and
+        their precision per predicted language."""
+        self._also: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._labelled: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        built = super().construct(rows, params, drops)
+        report: dict[str, Any] = {"rules": "classify_language (fedllm.data.sources.fs_llm)"}
+        if params["language_from"] == "keywords":
+            report["filed_with_other_markers"] = {k: dict(v.most_common()) for k, v in sorted(self._also.items())}
+        else:
+            predicted: defaultdict[str, Counter[str]] = defaultdict(Counter)
+            for truth, row in self._labelled.items():
+                for pred, n in row.items():
+                    predicted[pred][truth] += n
+            report["confusion"] = {k: dict(v.most_common()) for k, v in sorted(self._labelled.items())}
+            report["precision"] = {pred: row[pred] / sum(row.values()) for pred, row in sorted(predicted.items())
+                                   if pred not in ("none", "ambiguous")}
+        built.report["classifier"] = report
+        return built
+
     def sample_of(self, row: Row, params: Mapping[str, Any]) -> tuple[str, InstructionSample] | str:
         check_choice(self.name, "language_from", params["language_from"], ("keywords", "input"))
         instruction, output = text_field(row, "instruction", self.name), text_field(row, "output", self.name)
@@ -228,8 +268,12 @@ class FedCodeAlpaca(_MetaSplit):
                 return "no_language"
             language = extra.strip()  # FS-LLM also keeps it as the Alpaca input of the prompt
             keep = params["languages"]
+            if hasattr(self, "_labelled"):
+                self._labelled[language][classify_language(instruction, None, output)] += 1
         else:
-            language = classify_language(instruction, extra, output)
+            language, _, coded = language_evidence(instruction, extra, output)
+            if hasattr(self, "_also"):
+                self._also[language].update(c for c in coded if c != language)
             if language in ("none", "ambiguous"):
                 return f"{language}_language"
             keep = params["languages"] if params["languages"] is not None else CODEALPACA_LANGUAGES

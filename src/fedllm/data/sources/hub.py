@@ -502,6 +502,7 @@ class Built:
 
     clients: dict[str, list[Sample]]
     client_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)  # more sections for the manifest (e.g. a classifier's confusion)
 
 
 class Rows:
@@ -630,6 +631,7 @@ class PublicSource(DatasetSource):
             "clients": {cid: {"num_samples": len(s), **built.client_meta.get(cid, {})}
                         for cid, s in built.clients.items()},
             **drops.to_dict(),
+            **built.report,
         }
         path = publish_build(root, key, built.clients, manifest, self.data_file_name)
         say(progress, format_summary(manifest, seconds=time.perf_counter() - start))
