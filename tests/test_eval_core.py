@@ -407,3 +407,40 @@ def test_ref_judge_on_a_wildchat_style_list_uses_the_general_prompt_and_the_plai
     assert all("written in the same language as the instruction" not in u for u in seen)
     asked = run({"average": "languages", "aya_rules": True})  # the per-language view, when asked
     assert asked["ref_judge"] == 6.0 and asked["_metrics"]["ref_judge"]["summary"]["aya_rules"] is True
+
+
+def test_ref_judge_fedllm_bench_preset_uses_the_papers_prompt_and_settings(tiny_run, tmp_path, monkeypatch):
+    """Comparability: FedLLM-Bench judges with its own prompts at temperature 0.2 (2,048 tokens) and answers
+    with up to 1,024 new tokens; the default is this project's wording, temperature 0.0 and 256 tokens."""
+    from fedllm.eval import judge as judge_mod
+
+    testset = tmp_path / "aya.json"
+    testset.write_text(json.dumps({"English": [{"instruction": "What is the capital of Peru?", "reference": "Lima."}]}))
+    calls: list[dict] = []
+
+    def create(**kw):
+        calls.append(kw)
+        return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content="Rating: [[7]]"))])
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    real = judge_mod.Judge
+    monkeypatch.setattr(judge_mod, "Judge", lambda cfg, cache_path=None: real(cfg, cache_path=cache_path, client=client))
+    budgets: list[int] = []
+    original = TextModel.generate
+
+    def spy(self, reqs, *a, **k):
+        budgets.extend(r.decoding.max_new_tokens for r in reqs)
+        return original(self, reqs, *a, **k)
+
+    monkeypatch.setattr(TextModel, "generate", spy)
+    for preset in ("fedllm", "fedllm-bench"):
+        settings = EvalSettings(metrics=["ref_judge"], options={"ref_judge": {"testset": str(testset), "preset": preset}},
+                                judge=judge_mod.JudgeConfig(model="scripted", output="text"), redo=True)
+        [row] = run_evaluation(resolve_targets([str(tiny_run)], out_root=tmp_path / preset), settings)
+        assert row["ref_judge"] == 7.0 and row["_metrics"]["ref_judge"]["summary"]["preset"] == preset
+    ours, theirs = calls
+    assert (ours["temperature"], theirs["temperature"], theirs["max_tokens"]) == (0.0, 0.2, 2048)
+    assert theirs["messages"][0]["content"] == "You are a helpful assistant, that rates models by the quality of their answers."
+    user = theirs["messages"][1]["content"]
+    assert user.startswith("[Instruction]\nPlease act as an impartial judge") and user.endswith("[Reference]\nLima.")
+    assert budgets == [256, 1024]

@@ -144,8 +144,10 @@ class EvalContext:
         # strict JSON stores a log-likelihood of -inf (an impossible continuation) as null
         return [[float("-inf") if x is None else x for x in cache.data[k]] for k in keys]
 
-    def rate(self, requests: Sequence[tuple[str, str]], desc: str = "judge") -> list[Any]:
-        """Judgments for ``(system, user)`` prompts through the configured judge (cached by the judge)."""
+    def rate(self, requests: Sequence[tuple[str, str]], desc: str = "judge", temperature: float | None = None,
+             max_tokens: int | None = None) -> list[Any]:
+        """Judgments for ``(system, user)`` prompts through the configured judge (cached by the judge);
+        ``temperature``/``max_tokens`` override the judge's own for these requests (a paper's settings)."""
         if self.judge_factory is None:
             raise EvalError(f"{self.metric} needs an LLM judge: pass --judge-model (and --judge-base-url for a "
                             f"local or non-OpenAI server); see `fedllm eval --help`")
@@ -153,7 +155,7 @@ class EvalContext:
             self.judge = self.judge_factory(self.out_dir / "judgments.jsonl")
         from fedllm.eval.judge import JudgeRequest
 
-        reqs = [JudgeRequest(system=s, user=u) for s, u in requests]
+        reqs = [JudgeRequest(system=s, user=u, temperature=temperature, max_tokens=max_tokens) for s, u in requests]
         with self.progress(f"{self.target.label} {desc}", len(reqs)) as advance:
             return self.judge.rate(reqs, progress=lambda n=1: advance(n))
 

@@ -59,8 +59,9 @@ def indomain_items(ctx: EvalContext) -> tuple[list[InDomainItem], str]:
     return ctx.subset(items), f"{cfg.data.dataset} held-out split ({per_client} per client)"
 
 
-def indomain_answers(ctx: EvalContext, items: list[InDomainItem]) -> list[str]:
-    """Answers sampled at temperature 0.7 (FedLLM-Bench's setting for in-domain sets)."""
-    d = ctx.decoding(temperature=0.7, max_new_tokens=256)
+def indomain_answers(ctx: EvalContext, items: list[InDomainItem], max_new_tokens: int = 256) -> list[str]:
+    """Answers sampled at temperature 0.7 (FedLLM-Bench's setting for in-domain sets); 256 new tokens by
+    default, FedLLM-Bench's 1,024 under ref_judge's ``preset=fedllm-bench``."""
+    d = ctx.decoding(temperature=0.7, max_new_tokens=max_new_tokens)
     return ctx.generate([(f"indomain/{it.item_id}", ctx.prompt([{"role": r, "content": c} for r, c in it.messages]), d)
                          for it in items], desc="in-domain answers")

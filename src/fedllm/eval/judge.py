@@ -127,14 +127,19 @@ class JudgeRequest:
     system: str
     user: str
     pattern: str = "rating"
+    temperature: float | None = None  # None: the judge's own (JudgeConfig); a metric's preset may fix it
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:
             raise ValueError(f"JudgeRequest.pattern: unknown pattern {self.pattern!r} (known: {sorted(PATTERNS)})")
 
     def key(self, judge_key: str) -> str:
-        """Cache key: sha256 over the judge identity, both prompts and the pattern."""
-        blob = json.dumps([judge_key, self.system, self.user, self.pattern], ensure_ascii=False)
+        """Cache key: sha256 over the judge identity, both prompts, the pattern and any sampling override."""
+        parts: list[Any] = [judge_key, self.system, self.user, self.pattern]
+        if self.temperature is not None or self.max_tokens is not None:
+            parts.append([self.temperature, self.max_tokens])
+        blob = json.dumps(parts, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -450,7 +455,8 @@ class Judge:
         resp = self.client.chat.completions.create(
             model=self.cfg.model,
             messages=[{"role": "system", "content": req.system}, {"role": "user", "content": user}],
-            temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens, **kwargs)
+            temperature=self.cfg.temperature if req.temperature is None else req.temperature,
+            max_tokens=self.cfg.max_tokens if req.max_tokens is None else req.max_tokens, **kwargs)
         if not resp.choices:
             return ""
         return resp.choices[0].message.content or ""

@@ -132,6 +132,39 @@ def ref_judge_prompt(item: RefItem, answer: str, *, aya_rules: bool) -> tuple[st
     return REF_JUDGE_SYSTEM, "\n\n".join(parts)
 
 
+# FedLLM-Bench's own judge prompts, word for word (rui-ye/FedLLM-Bench, Apache-2.0:
+# evaluation/open_ended/gen_judge_bench.py for Fed-ChatbotIT/Fed-WildChat, without a reference, and
+# aya_evaluation/gen_judge_aya.py for Fed-Aya, the reference after the answer), for ref_judge's
+# `preset=fedllm-bench`, so scores can be set beside the paper's.
+FEDLLM_BENCH_JUDGE_SYSTEM = "You are a helpful assistant, that rates models by the quality of their answers."
+_FLB_GENERAL = (
+    "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an AI "
+    "assistant to the user's instruction displayed below. Your evaluation should consider factors such as the "
+    "helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin your evaluation "
+    "by providing a short explanation. Be as objective as possible. After providing your explanation, you must rate "
+    "the response on a scale of 1 to 10 by strictly following this format: \"[[rating]]\", for example: \"Rating: "
+    "[[5]]\". \n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
+)
+_FLB_AYA = (
+    "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an AI "
+    "assistant to the user question displayed below. A good answer should follow these rules: \n1.It should be in the "
+    "same language as the question. \n2. It should answer the request in the instruction. \n3.It should be factually "
+    "and semantically comprehensible. \n4. It should be grammatically correct and fluent. \nBegin your evaluation by "
+    "providing a short explanation. Be as objective as possible. After providing your explanation, you must rate the "
+    "response on a scale of 1 to 10 by strictly following this format: \"[[rating]]\", for example: \"Rating: "
+    "[[5]]\".A human annotated answer is given for reference.\n\n[Question]\n{question}\n\n[The Start of Assistant's "
+    "Answer]\n{answer}\n[The End of Assistant's Answer]\n\n[Reference]\n{reference}"
+)
+
+
+def fedllm_bench_judge_prompt(item: RefItem, answer: str, *, aya_rules: bool) -> tuple[str, str]:
+    """FedLLM-Bench's own request: the Aya prompt (with the reference) for Fed-Aya, else the general one."""
+    if aya_rules:
+        return FEDLLM_BENCH_JUDGE_SYSTEM, _FLB_AYA.format(question=item.instruction, answer=answer,
+                                                          reference=item.reference or "")
+    return FEDLLM_BENCH_JUDGE_SYSTEM, _FLB_GENERAL.format(question=item.instruction, answer=answer)
+
+
 # --------------------------------------------------------------------------------------------
 # AdvBench refusal rule
 # --------------------------------------------------------------------------------------------
