@@ -130,7 +130,7 @@ def test_fedsa_shares_a_and_keeps_b_on_each_client(tmp_path, monkeypatch) -> Non
         assert set(ex.reply.update.delta) == set(a_keys)
     assert all(ex.bytes_up < summary["adapter_bytes"] * 0.75 for ex in seen)
     assert all(not final[k].any() for k in b_keys)  # the global B is the initial one (zeros)
-    personal = {c: sim.algorithm.personal_adapter(final, sim.store.get(c)) for c in sim.participants}
+    personal = {c: sim.algorithm.method.personal_adapter(final, sim.store.get(c)) for c in sim.participants}
     trained = {c: p for c, p in personal.items() if p is not None}
     assert len(trained) >= 3
     for p in trained.values():  # A identical across clients after aggregation: the global A

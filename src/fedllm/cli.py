@@ -431,12 +431,13 @@ def data_build(
     """Build (or reuse) a registered dataset in the cache. Counts go to stderr; stdout is the data file's path
     alone (never wrapped), so `path=$(fedllm data build NAME)` works."""
     from fedllm.data.sources import default_cache_dir, get_source
+    from fedllm.data.sources.builds import MANIFEST_FILE
 
     src = get_source(name)
     path = src.build(default_cache_dir(), **_build_kwargs(src, data_files, options))
     err_console.print(f"built {name}:", highlight=False)
     if as_json:
-        manifest = path.parent / "manifest.json"
+        manifest = path.parent / MANIFEST_FILE
         typer.echo(json.dumps({"name": name, "path": str(path), "manifest": str(manifest) if manifest.is_file() else None}))
     else:
         typer.echo(str(path))  # plain: machine-readable output is never wrapped

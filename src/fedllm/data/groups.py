@@ -30,6 +30,11 @@ PRESETS = {"fedsamlang": "a group per language", "fedsimlang": "a group per lang
                                                                "a language outside them is a family of its own)"}
 
 
+def majority(counts: Mapping[str, int]) -> str:
+    """The most common value (ties: the first by name)."""
+    return min(counts, key=lambda v: (-counts[v], v))
+
+
 def record_attribute(path: Path, attr: str) -> dict[str, str]:
     """Per client of a FedLLM-Bench file, the most common value of the records' field ``attr`` (ties:
     the first by name); clients whose records lack it are left out."""
@@ -39,7 +44,7 @@ def record_attribute(path: Path, attr: str) -> dict[str, str]:
     for cid, records in clients.items():
         counts = Counter(str(r[attr]) for r in records if isinstance(r, dict) and r.get(attr) not in (None, ""))
         if counts:
-            out[cid] = min(counts, key=lambda v: (-counts[v], v))
+            out[cid] = majority(counts)
     return out
 
 

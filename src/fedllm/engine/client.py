@@ -71,6 +71,12 @@ def num_local_steps(train: dict[str, Any], num_samples: int) -> int:
                                train["batch_size"], train["grad_accum"])
 
 
+def _batches(rt: ClientRuntime, enc: Encoded, steps: int, tr: dict[str, Any], seed: int) -> list[list[list[int]]]:
+    """``steps`` optimizer steps of micro-batches over the client's encoded samples, drawn with ``seed``."""
+    return draw_round_batches([rt.task.objective.length(f) for f in enc.features], steps, tr["batch_size"],
+                              tr["grad_accum"], seed, tr["group_by_length"])
+
+
 def local_trainer(rt: ClientRuntime, tr: dict[str, Any]) -> LocalTrainer:
     """A trainer of the client's adapter slot with the instruction's local-training settings."""
     return LocalTrainer(rt.slot, rt.task.objective, rt.precision, rt.task.pad_id, weight_decay=tr["weight_decay"],
@@ -88,8 +94,7 @@ def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
         why = ", ".join(f"{n}: {reason}" for reason, n in sorted(enc.reasons.items()))
         raise ClientError(f"client {cid!r} has no trainable sample at max_length {rt.task.max_length} ({why})")
     k = num_local_steps(tr, len(enc))
-    steps = draw_round_batches([rt.task.objective.length(f) for f in enc.features], k, tr["batch_size"],
-                               tr["grad_accum"], derive_seed(ins.seed, "batches", ins.round, cid), tr["group_by_length"])
+    steps = _batches(rt, enc, k, tr, derive_seed(ins.seed, "batches", ins.round, cid))
     client_state = rt.store.get(cid) if rt.store is not None else None
     hooks = build_client_hooks(ins.method, ins.adapter, ins.payload, client_state)
     start = hooks.start(ins.adapter)
@@ -106,26 +111,24 @@ def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
             on_step(cid, info)
 
     res = trainer.train(enc.features, steps, ins.lr, hooks, record)
-    metrics: dict[str, Any] = {}
-    extra_tokens = extra_labelled = 0
+    personal: dict[str, Any] = {}
+    tokens, labelled = res.num_tokens, res.num_labelled  # both phases count towards the FLOPs
     if (phase := hooks.personal_phase()) is not None:  # e.g. Ditto's personal adapter
-        k2 = phase.steps or k
-        batches = draw_round_batches([rt.task.objective.length(f) for f in enc.features], k2, tr["batch_size"],
-                                     tr["grad_accum"], derive_seed(ins.seed, "personal-batches", ins.round, cid),
-                                     tr["group_by_length"])
         rt.slot.load(phase.start)
-        mine = trainer.train(enc.features, batches, ins.lr, phase.hooks)
+        mine = trainer.train(enc.features, _batches(rt, enc, phase.steps or k, tr,
+                                                    derive_seed(ins.seed, "personal-batches", ins.round, cid)),
+                             ins.lr, phase.hooks)
         hooks.personal_done(mine.state)
-        metrics = {"personal_loss": mine.loss, "personal_steps": mine.num_steps, "personal_seconds": mine.seconds,
-                   "personal_tokens": mine.num_tokens}
-        extra_tokens, extra_labelled = mine.num_tokens, mine.num_labelled
+        personal = {"personal_loss": mine.loss, "personal_steps": mine.num_steps, "personal_seconds": mine.seconds,
+                    "personal_tokens": mine.num_tokens}
+        tokens, labelled = tokens + mine.num_tokens, labelled + mine.num_labelled
     extras, new_state = hooks.finish(res.state, res.num_steps, ins.lr)
     if new_state is not None:
         if rt.store is None:
             raise ClientError(f"client method {ins.method.get('name')!r} keeps client state, but client {cid!r} has no store")
         rt.store.put(cid, new_state)
     result = hooks.result(res.state)
-    delta = S.sub(result, {k: ins.adapter[k] for k in result})
+    delta = S.sub(result, {key: ins.adapter[key] for key in result})
     ctx = ClientContext(seed=ins.seed, round=ins.round, client_id=cid)
     for spec in ins.transforms:
         delta = TRANSFORMS.lookup(spec["name"]).on_client({k: v for k, v in spec.items() if k != "name"}, delta, ctx)
@@ -133,8 +136,8 @@ def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
         "loss": res.loss, **res.stats, "steps": res.num_steps, "samples": res.num_seen, "tokens": res.num_tokens,
         "seconds": res.seconds, "tokens_per_s": res.num_tokens / max(res.seconds, 1e-9),
         "seconds_per_step": res.seconds / max(res.num_steps, 1), "labelled_tokens": res.num_labelled,
-        "flops": rt.task.objective.flops(rt.shape, res.num_tokens + extra_tokens, res.num_labelled + extra_labelled), "dropped_samples": enc.dropped,
-        **metrics, **peak_memory_mb(rt.precision.device), "step_log": step_log,
+        "flops": rt.task.objective.flops(rt.shape, tokens, labelled), "dropped_samples": enc.dropped,
+        **personal, **peak_memory_mb(rt.precision.device), "step_log": step_log,
     }
     update = ClientUpdate(client_id=cid, delta=delta, num_samples=len(enc), num_seen=res.num_seen,
                           num_steps=res.num_steps, lr=ins.lr, extras=extras)
@@ -148,8 +151,7 @@ def finetune_client(adapter: S.State, data: ClientData, rt: ClientRuntime, train
     enc = rt.encode(data.train)
     if not enc.features:
         return None
-    batches = draw_round_batches([rt.task.objective.length(f) for f in enc.features], steps, train["batch_size"],
-                                 train["grad_accum"], derive_seed(seed, "finetune", data.id), train["group_by_length"])
+    batches = _batches(rt, enc, steps, train, derive_seed(seed, "finetune", data.id))
     rt.slot.load(adapter)
     torch.manual_seed(derive_seed(seed, "finetune-torch", data.id))
     return local_trainer(rt, train).train(enc.features, batches, lr).state

@@ -11,10 +11,8 @@ reused and an interrupted one resumed, so ``fedllm train --resume runs/<name>`` 
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
-import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +23,7 @@ from fedllm.engine.metrics import cost_summary, read_metrics
 from fedllm.engine.progress import Reporter
 from fedllm.engine.rundir import RunLock
 from fedllm.engine.simulation import Evaluator, Session, Simulation
+from fedllm.eval.heldout import ClientSums, pool
 from fedllm.fairness import spread
 from fedllm.jsonl import dumps, write_text_atomic
 from fedllm.runs import CHECKPOINTS, CONFIG, GROUPS, GROUPS_DIR, METRICS, SUMMARY, RunError, load_federation, run_clients
@@ -142,12 +141,11 @@ class GroupedRun:
                             "pooled_loss": s.get("final_eval", {}).get("pooled_loss"),
                             "mean_client_loss": s.get("final_eval", {}).get("mean_client_loss"),
                             "train_seconds": s.get("train_seconds", 0.0)}
-        tokens = sum(r["tokens"] for r in per_client.values())
-        losses = [r["loss"] for r in per_client.values()]
-        pooled = sum(r["loss"] * r["tokens"] for r in per_client.values()) / tokens if tokens else None
         ppl = all(s.get("final_eval", {}).get("pooled_ppl") is not None for s in summaries.values())
-        final = {"pooled_loss": pooled, "pooled_ppl": math.exp(pooled) if ppl and pooled is not None else None,
-                 "mean_client_loss": statistics.fmean(losses) if losses else None}
+        pooled = pool({c: ClientSums(r["loss"] * r["tokens"], r["tokens"]) for c, r in per_client.items()}, ppl)
+        final = {"pooled_loss": pooled.pooled_loss, "pooled_ppl": pooled.pooled_ppl,
+                 "mean_client_loss": pooled.mean_client_loss}
+        losses = [r["loss"] for r in per_client.values()]
         personal = [r["personal"] for r in per_client.values() if "personal" in r]
         return {"name": self.cfg.name, "algorithm": self.cfg.fl.algorithm, "grouped": plan["rule"],
                 "rounds": self.cfg.fl.rounds, "groups": groups, "final_eval": final,

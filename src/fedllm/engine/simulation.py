@@ -151,9 +151,8 @@ class Simulation:
                                f"{cfg.fl.clients_per_round}: {e}") from None
         if self.fleet.secure and (problem := self.algorithm.secure_sum_problem()):
             raise RunError(f"deploy.secagg: {problem}")
-        if not self.algorithm.method.shared(self.slot.read()):
-            raise RunError(f"fl.algorithm={cfg.fl.algorithm} shares LoRA's A matrices, which FFA-LoRA freezes "
-                           f"(lora.freeze_a, on by default under fl.dp); set lora.freeze_a=false")
+        if (why := self.algorithm.method.adapter_problem(self.slot.read())) is not None:
+            raise RunError(f"fl.algorithm={cfg.fl.algorithm} {why}")
         up = cfg.comm.up
         feedback = up.error_feedback and not lossless(up)
         keeps = self.algorithm.stateful_clients or feedback or cfg.personal.finetune_steps > 0

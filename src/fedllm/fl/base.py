@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from fedllm.fl.state import State
+from fedllm.fl.state import State, match
 
 if TYPE_CHECKING:
     from fedllm.fl.params import FLParams
@@ -218,11 +218,18 @@ class ClientMethod(Component):
         it, except for methods that keep some of the adapter local, e.g. FedSA-LoRA's B)."""
         return global_state
 
+    def adapter_problem(self, trainable: State) -> str | None:
+        """Why the method cannot train this adapter (e.g. it shares a part the adapter freezes), or None."""
+        return None
+
     @classmethod
     def personal_adapter(cls, global_state: State, client_state: State | None) -> State | None:
         """A client's personalised adapter from the global one and its persistent state; None when
-        the method keeps none (its clients use the global adapter)."""
-        return None
+        the method keeps none (its clients use the global adapter). A personalised method's client
+        state is its personal adapter unless the method says otherwise."""
+        if not cls.personalised or client_state is None:
+            return None
+        return match(client_state, global_state)
 
 
 @dataclass(frozen=True)

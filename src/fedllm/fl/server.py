@@ -113,10 +113,6 @@ class Algorithm:
         """Whether each client keeps a personalised adapter (Ditto, pFedMe, FedSA-LoRA)."""
         return self.method.personalised
 
-    def personal_adapter(self, global_state: State, client_state: State | None) -> State | None:
-        """A client's personalised adapter (None: the method keeps none)."""
-        return self.method.personal_adapter(global_state, client_state)
-
     def client_hooks(self, global_state: State, client_state: State | None) -> ClientHooks:
         """The client half in this process (what a client builds from its instruction)."""
         return build_client_hooks(self.client_method(), global_state, self.client_payload(global_state), client_state)

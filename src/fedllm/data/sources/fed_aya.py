@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from fedllm.data.groups import majority
 from fedllm.data.schema import DataError, InstructionSample
 from fedllm.data.sources import register_source
 from fedllm.data.sources.hub import INPUT_KWARGS, Built, Drops, PublicSource, Row, select_clients, text_field
@@ -87,5 +88,5 @@ class FedAya(PublicSource):
         out = {}
         for cid, info in manifest["clients"].items():
             langs = info.get("languages") or {}
-            out[cid] = {"language": min(langs, key=lambda k: (-langs[k], k))} if langs else {}
+            out[cid] = {"language": majority(langs)} if langs else {}
         return out

@@ -175,11 +175,14 @@ class Node:
 
     def train(self, blob: bytes, client_id: str, round_idx: int) -> bytes:
         """One client's round: the instruction's bytes in, the reply's bytes out."""
+        return serve_round(blob, self.client(client_id), self.runtime(round_idx))
+
+    def runtime(self, round_idx: int) -> ClientRuntime:
+        """The client runtime of a round: the shared slot and this node's client store as of that round."""
         keep = max(self.cfg.checkpoint.every, 1) * self.cfg.checkpoint.keep + 1
-        store = RoundStore(self.state_root(), round_idx, keep)
         s = self.session
-        rt = ClientRuntime(s.slot, self.task, s.base.precision, store, EncodingCache(cache_root() / "encodings", self.task))
-        return serve_round(blob, self.client(client_id), rt)
+        return ClientRuntime(s.slot, self.task, s.base.precision, RoundStore(self.state_root(), round_idx, keep),
+                             EncodingCache(cache_root() / "encodings", self.task))
 
     def evaluate(self, adapter_blob: bytes, client_ids: list[str], cap: int | None, batch_size: int,
                  personal: dict[str, Any] | None = None, round_done: int = 0) -> dict[str, Any]:
@@ -199,12 +202,10 @@ class Node:
         from fedllm.engine.personal import PersonalSpec, own_adapter
 
         spec = PersonalSpec(**personal)
-        keep = max(self.cfg.checkpoint.every, 1) * self.cfg.checkpoint.keep + 1
-        store = RoundStore(self.state_root(), round_done, keep)
-        rt = ClientRuntime(s.slot, self.task, s.base.precision, store, EncodingCache(cache_root() / "encodings", self.task))
+        rt = self.runtime(round_done)
         out, kinds = {}, {}
         for cid in feats:
-            adapter, kinds[cid] = own_adapter(spec, global_state, self.client(cid), rt, store)
+            adapter, kinds[cid] = own_adapter(spec, global_state, self.client(cid), rt, rt.store)
             s.slot.load(adapter)
             got = heldout_sums(s.slot.model, self.task.objective, {cid: feats[cid]}, self.task.pad_id,
                                s.base.precision, batch_size)

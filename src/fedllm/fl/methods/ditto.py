@@ -52,7 +52,3 @@ class Ditto(ClientMethod):
     def hooks(cls, options: Mapping[str, Any], global_state: State, payload: Mapping[str, State],
               client_state: State | None) -> ClientHooks:
         return DittoHooks(global_state, client_state, float(options["lam"]), options.get("steps"))
-
-    @classmethod
-    def personal_adapter(cls, global_state: State, client_state: State | None) -> State | None:
-        return None if client_state is None else S.match(client_state, global_state)

@@ -52,6 +52,11 @@ class FedSA(ClientMethod):
     def shared(self, global_state: State) -> State:
         return shared_part(global_state)
 
+    def adapter_problem(self, trainable: State) -> str | None:
+        if shared_part(trainable):
+            return None
+        return "shares LoRA's A matrices, which FFA-LoRA freezes (lora.freeze_a, on by default under fl.dp); set lora.freeze_a=false"
+
     def secure_sum_problem(self) -> str:
         return "sends part of the adapter, which the secure sum of whole adapters does not take"
 

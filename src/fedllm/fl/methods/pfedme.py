@@ -82,7 +82,3 @@ class PFedMe(ClientMethod):
     def hooks(cls, options: Mapping[str, Any], global_state: State, payload: Mapping[str, State],
               client_state: State | None) -> ClientHooks:
         return PFedMeHooks(global_state, float(options["lam"]), int(options["inner_steps"]), float(options["eta"]))
-
-    @classmethod
-    def personal_adapter(cls, global_state: State, client_state: State | None) -> State | None:
-        return None if client_state is None else S.match(client_state, global_state)
