@@ -10,12 +10,12 @@ import tempfile
 import pytest
 import torch
 
-from fedllm.config import LoraConfig
+from fedllm.config import build_config
 from fedllm.data.formatting import get_template
 from fedllm.data.schema import ClientData, FederatedDataset, InstructionSample, Message, PreferenceSample
 from fedllm.engine.metrics import read_metrics
 from fedllm.engine.simulation import RunError
-from fedllm.models.adapters import AdapterSlot, attach_lora
+from fedllm.models.adapters import AdapterSlot, attach_adapter
 from fedllm.models.precision import Precision
 from fedllm.models.tiny import build_tiny_model, build_tiny_tokenizer
 from fedllm.train.cost import ModelShape
@@ -80,7 +80,7 @@ def test_loss_and_rewards_equal_trls_with_the_base_model_as_reference(tok):
     torch.manual_seed(0)
     base = build_tiny_model(tok)
     ref_model = copy.deepcopy(base)  # TRL's explicit reference: the base weights
-    model = attach_lora(base, LoraConfig(r=4, alpha=8, dropout=0.0))
+    model = attach_adapter(base, build_config({"lora": {"r": 4, "alpha": 8, "dropout": 0.0}}))
     slot = AdapterSlot(model)
     slot.load(random_adapter(slot, 1))
     obj = DPO(beta=0.1, reference="base")
@@ -97,7 +97,7 @@ def test_loss_and_rewards_equal_trls_with_the_base_model_as_reference(tok):
 def test_round_start_reference_equals_trls_copied_ref_adapter(tok):
     """TRL ≥ 1.0 given a PeftModel copies its adapter into "ref": the adapter as training began."""
     torch.manual_seed(0)
-    model = attach_lora(build_tiny_model(tok), LoraConfig(r=4, alpha=8, dropout=0.0))
+    model = attach_adapter(build_tiny_model(tok), build_config({"lora": {"r": 4, "alpha": 8, "dropout": 0.0}}))
     slot = AdapterSlot(model)
     start = random_adapter(slot, 1)
     slot.load(start)
@@ -213,7 +213,7 @@ def test_held_out_reference_is_computed_once_and_is_the_base(tok, monkeypatch):
     from fedllm.eval.heldout import evaluate_heldout
 
     torch.manual_seed(0)
-    model = attach_lora(build_tiny_model(tok), LoraConfig(r=4, alpha=8, dropout=0.0))
+    model = attach_adapter(build_tiny_model(tok), build_config({"lora": {"r": 4, "alpha": 8, "dropout": 0.0}}))
     slot = AdapterSlot(model)
     slot.load(random_adapter(slot, 3))
     obj = DPO()

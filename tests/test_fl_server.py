@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedllm.config import LoraConfig
+from fedllm.config import build_config
 from fedllm.fl import ALGORITHMS, ClientUpdate, FLParams, build_algorithm, ignored_params
 from fedllm.fl import state as S
 
@@ -141,7 +141,7 @@ def test_state_dict_keeps_its_old_keys():
 @pytest.mark.parametrize("optimizer", ["sgd", "sgdm", "adamw"])
 def test_local_optimizer(optimizer):
     from fedllm.data.formatting import get_template
-    from fedllm.models.adapters import AdapterSlot, attach_lora
+    from fedllm.models.adapters import AdapterSlot, attach_adapter
     from fedllm.models.precision import Precision
     from fedllm.models.tiny import build_tiny_model, build_tiny_tokenizer
     from fedllm.train.local import LocalTrainer
@@ -150,7 +150,7 @@ def test_local_optimizer(optimizer):
     from tests.conftest import synthetic_federation
 
     tok = build_tiny_tokenizer()
-    slot = AdapterSlot(attach_lora(build_tiny_model(tok), LoraConfig(r=4, alpha=8, dropout=0.0)))
+    slot = AdapterSlot(attach_adapter(build_tiny_model(tok), build_config({"lora": {"r": 4, "alpha": 8, "dropout": 0.0}})))
     task = Task(get_objective("sft"), get_template("chat", tok), tok, 64)
     feats = task.encode(synthetic_federation()["user0"].train[:2]).features
     w = slot.initial_state(seed=1)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedllm.config import LoraConfig
+from fedllm.config import build_config
 from fedllm.engine.client import ClientError, ClientRuntime, run_client_round
 from fedllm.engine.messages import Instruction, MessageError, Reply
 from fedllm.engine.store import ClientStateStore
 from fedllm.fl import ClientUpdate, FLParams, build_algorithm
 from fedllm.fl import state as S
-from fedllm.models.adapters import AdapterSlot, attach_lora
+from fedllm.models.adapters import AdapterSlot, attach_adapter
 from fedllm.models.precision import Precision
 from fedllm.models.tiny import build_tiny_model, build_tiny_tokenizer
 from fedllm.train.task import Task
@@ -65,7 +65,7 @@ def test_reply_round_trips_and_kinds_are_checked():
 @pytest.fixture(scope="module")
 def runtime():
     tok = build_tiny_tokenizer()
-    model = attach_lora(build_tiny_model(tok), LoraConfig(r=4, alpha=8, dropout=0.0))
+    model = attach_adapter(build_tiny_model(tok), build_config({"lora": {"r": 4, "alpha": 8, "dropout": 0.0}}))
     slot = AdapterSlot(model)
     return ClientRuntime(slot, Task.create("sft", "chat", tok, 64), Precision("fp32", torch.device("cpu")))
 

@@ -8,7 +8,7 @@ import torch
 from fedllm.config import build_config
 from fedllm.data.formatting import encode_sft, get_template
 from fedllm.data.schema import InstructionSample
-from fedllm.models.adapters import AdapterSlot, attach_lora, load_adapter_state, save_adapter
+from fedllm.models.adapters import AdapterSlot, attach_adapter, load_adapter_state, save_adapter
 from fedllm.models.loading import ModelError, load_base_model
 from fedllm.models.precision import Precision, cpu_flags, resolve_precision
 from fedllm.models.tiny import build_tiny_model, save_tiny
@@ -54,7 +54,7 @@ def test_local_directory_and_errors(tmp_path):
 
 
 def test_adapter_slot_round_trip_and_key_checks(tmp_path):
-    model = attach_lora(build_tiny_model(), build_config({"lora": {"r": 4}}).lora)
+    model = attach_adapter(build_tiny_model(), build_config({"lora": {"r": 4}}))
     slot = AdapterSlot(model)
     assert slot.keys() and all(".default." not in k for k in slot.keys())  # peft's saved key names
     init = slot.initial_state(seed=3)
@@ -72,7 +72,7 @@ def test_adapter_slot_round_trip_and_key_checks(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         slot.load({**init, k0: torch.zeros(1)})
     with pytest.raises(ValueError, match="not found in the model"):
-        attach_lora(build_tiny_model(), build_config({"lora": {"target_modules": ["query"]}}).lora)
+        attach_adapter(build_tiny_model(), build_config({"lora": {"target_modules": ["query"]}}))
     # saving leaves the live slot untouched and round-trips exactly
     other = {k: torch.randn_like(v) for k, v in init.items()}
     save_adapter(slot, other, tmp_path / "adapter")
@@ -111,7 +111,7 @@ def test_embedded_model_loads_trains_and_formats():
     enc = encode_sft(sample, get_template("chat", tok), tok, 128)
     trained = tok.decode([t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != -100])
     assert trained == "2 + 3 = 5<|im_end|>"
-    model = attach_lora(base.model, cfg.lora)
+    model = attach_adapter(base.model, cfg)
     slot = AdapterSlot(model)
     assert slot.num_parameters() == 1_843_200  # r=16 on q/k/v/o of 30 layers
     obj = get_objective("sft")
@@ -132,7 +132,7 @@ def test_embedded_model_loads_trains_and_formats():
 def test_damaged_adapter_file_is_named(tmp_path):
     from fedllm.models.adapters import AdapterFileError
 
-    slot = AdapterSlot(attach_lora(build_tiny_model(), build_config({"lora": {"r": 4}}).lora))
+    slot = AdapterSlot(attach_adapter(build_tiny_model(), build_config({"lora": {"r": 4}})))
     out = save_adapter(slot, slot.initial_state(0), tmp_path / "adapter")
     path = out / "adapter_model.safetensors"
     path.write_bytes(path.read_bytes()[:50])

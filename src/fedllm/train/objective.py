@@ -13,12 +13,16 @@ from torch import Tensor
 
 from fedllm.data.formatting import collate, encode_sft
 from fedllm.data.schema import InstructionSample, Sample
+from fedllm.models.peft_methods.virtual import input_logits, virtual_tokens
 from fedllm.registry import Registry
 from fedllm.train.cost import ModelShape, train_flops
 
 
 def _backbone_and_head(model: Any) -> tuple[Any, Any] | None:
-    """(decoder, lm_head) of a causal LM (through peft), or None where the head has extra maths."""
+    """(decoder, lm_head) of a causal LM (through peft), or None where that shortcut is not exact: the
+    head has extra maths, or the adapter adds virtual tokens in ``PeftModel.forward`` (prompt learning)."""
+    if virtual_tokens(model):
+        return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = getattr(base, "config", None)
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
@@ -39,7 +43,7 @@ def labelled_token_losses(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor,
     mask = shift != -100
     parts = _backbone_and_head(model)
     if parts is None:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+        logits = input_logits(model, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
     else:
         decoder, head = parts
         hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state

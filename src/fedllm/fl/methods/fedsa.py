@@ -55,7 +55,10 @@ class FedSA(ClientMethod):
     def adapter_problem(self, trainable: State) -> str | None:
         if shared_part(trainable):
             return None
-        return "shares LoRA's A matrices, which FFA-LoRA freezes (lora.freeze_a, on by default under fl.dp); set lora.freeze_a=false"
+        if any(".lora_B." in k or k.endswith("lora_B.weight") for k in trainable):
+            return ("shares LoRA's A matrices, which FFA-LoRA freezes (lora.freeze_a, on by default under fl.dp); "
+                    "set lora.freeze_a=false")
+        return "shares LoRA's A matrices, and this adapter has none (peft.method lora or dora has them)"
 
     def secure_sum_problem(self) -> str:
         return "sends part of the adapter, which the secure sum of whole adapters does not take"
