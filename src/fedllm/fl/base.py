@@ -93,6 +93,11 @@ class ClientHooks:
         w, not the personalised θ; FedSA-LoRA: the shared keys only)."""
         return local
 
+    def outgoing(self, delta: State) -> State:
+        """What of the update leaves the client, after the client-stage transforms (a rank-r_i
+        client: its r_i components only; the server pads them back)."""
+        return delta
+
 
 # ------------------------------------------------------------------------------ component base
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fedllm.fl.base import ClientHooks, ClientUpdate, Federation, Rejected
+from fedllm.fl.hetero_lora import RANK_KEY, FloraMerge, RankPlan, method_problem, pad, rank_hooks
 from fedllm.fl.registries import AGGREGATORS, ALGORITHMS, CLIENT_METHODS, SERVER_OPTIMIZERS, TRANSFORMS, build_component, resolve_spec
 from fedllm.fl.params import FLParams, Weighting, dp_transform
 from fedllm.fl.state import State
@@ -40,7 +41,8 @@ class RoundOutcome:
 class Algorithm:
     """A method preset with its parts; ``fl.aggregator`` / ``fl.server_optimizer`` replace parts."""
 
-    def __init__(self, params: FLParams, num_clients: int, federation: Federation | None = None) -> None:
+    def __init__(self, params: FLParams, num_clients: int, federation: Federation | None = None,
+                 ranks: RankPlan | None = None) -> None:
         if num_clients < 1:
             raise ValueError(f"num_clients must be >= 1, got {num_clients}")
         self.params = params
@@ -60,6 +62,10 @@ class Algorithm:
         federation = federation or Federation(num_clients)
         for t in self.transforms:
             t.bind(federation)
+        if ranks is not None and (why := method_problem(ranks.mode, params)) is not None:
+            raise ValueError(why)
+        self.ranks = ranks  # heterogeneous client ranks (lora.hetero); None: every client trains the whole adapter
+        self.merge = FloraMerge(ranks, self.optimizer.lr) if ranks is not None and ranks.mode == "flora" else None
         self.rounds_done = 0  # server updates applied so far; part of the checkpointed state
 
     # ----- what the parts say about the method
@@ -85,7 +91,8 @@ class Algorithm:
         return {"aggregator": self.aggregator_spec, "server_optimizer": self.optimizer.name,
                 "client_method": self.method.name, "server_lr": self.server_lr,
                 "weighting": self.weighting() if self.aggregator.uses_weights and not self.dp_replaces_mean else None,
-                "transforms": self.transform_specs, "dp": self.report().get("dp")}
+                "transforms": self.transform_specs, "dp": self.report().get("dp"),
+                **({"ranks": self.ranks.describe()} if self.ranks is not None else {})}
 
     @property
     def dp_replaces_mean(self) -> bool:
@@ -94,19 +101,25 @@ class Algorithm:
 
     def report(self) -> dict[str, Any]:
         """What the parts report after a round (privacy: ε, δ, noise …)."""
-        return {"dp": self.dp.report()} if self.dp is not None else {}
+        out = {"dp": self.dp.report()} if self.dp is not None else {}
+        return {**out, "flora": self.merge.report()} if self.merge is not None else out
 
     # ----- client half: what the instruction carries
-    def client_method(self) -> dict[str, Any]:
-        """The client method's name and options."""
-        return {"name": self.method.name, **self.method.client_options()}
+    def client_method(self, client_id: str | None = None) -> dict[str, Any]:
+        """The client method's name and options (with heterogeneous ranks: ``client_id``'s rank and scaling)."""
+        spec = {"name": self.method.name, **self.method.client_options()}
+        if self.ranks is not None and client_id is not None:
+            spec[RANK_KEY] = self.ranks.client_spec(client_id)
+        return spec
 
     def client_transforms(self) -> list[dict[str, Any]]:
         """Specs of the transforms the client runs on its update before it leaves."""
         return [t.client_spec() for t in self.transforms[1:] if t.on_client_side]
 
     def client_payload(self, global_state: State) -> dict[str, State]:
-        return self.method.payload(global_state)
+        """The method's tensors (and FLoRA's merged ΔW, which clients add to their base)."""
+        payload = self.method.payload(global_state)
+        return {**payload, **self.merge.payload()} if self.merge is not None else payload
 
     @property
     def personalised(self) -> bool:
@@ -148,6 +161,8 @@ class Algorithm:
         for t in self.transforms:
             t.begin_round()
         shared = self.method.shared(global_state)
+        if self.ranks is not None:  # a rank-r_i client sends its r_i components: zero-padded back to r
+            updates = [dataclasses.replace(u, delta=pad(u.delta, shared, self.ranks.of(u.client_id))) for u in updates]
         for u in updates:
             try:
                 for t in self.transforms:
@@ -163,6 +178,8 @@ class Algorithm:
         n = len(accepted)
         ids = [u.client_id for u in accepted]
         weights = self.weights(accepted) if self.aggregator.uses_weights else [1.0 / n] * n
+        if self.merge is not None:  # FLoRA: the stacked products go into the base; the adapter starts afresh
+            return self._merge(global_state, accepted, ids, weights, dropped)
         try:
             delta = self.aggregator.aggregate([u.delta for u in accepted], weights)
         except ValueError as e:  # e.g. too few survivors for Krum after drops
@@ -178,11 +195,25 @@ class Algorithm:
         self.rounds_done += 1
         return RoundOutcome(new_state, ids, weights, dropped)
 
+    def _merge(self, global_state: State, accepted: list[ClientUpdate], ids: list[str], weights: list[float],
+               dropped: list[tuple[str, str]]) -> RoundOutcome:
+        """FLoRA's server step: the merged ΔW absorbs the round's stacked factors; the adapter stays."""
+        assert self.merge is not None
+        before = self.state_dict()
+        self.merge.absorb(global_state, accepted, weights)
+        if not all_finite(self.merge.merged or {}):
+            self.load_state_dict(before)
+            return RoundOutcome(None, ids, weights, dropped, "the merged update has non-finite values")
+        self.rounds_done += 1
+        return RoundOutcome(global_state, ids, weights, dropped)
+
     def secure_sum_problem(self) -> str | None:
         """Why the server step cannot be made from the round's weighted mean alone (as under secure
         aggregation, where no single update is seen), or None."""
         if self.single_client:
             return "the Local baseline has nothing to aggregate"
+        if self.ranks is not None:
+            return f"lora.hetero={self.ranks.mode} takes each client's r_i components (of different sizes) apart"
         if self.aggregator.name != "mean":
             return f"the {self.aggregator.name} aggregator needs every update, not only their weighted mean"
         if (why := self.method.secure_sum_problem()) is not None:
@@ -227,7 +258,7 @@ class Algorithm:
 
     # ----- checkpointing
     def _parts(self) -> list[Any]:
-        return [self.aggregator, self.optimizer, self.method, *self.transforms]
+        return [self.aggregator, self.optimizer, self.method, *self.transforms, *([self.merge] if self.merge else [])]
 
     def state_dict(self) -> dict[str, Tensor | int | float]:
         """Flat server state: ``rounds_done`` and every part's tensors under ``"<state>/<key>"``."""
@@ -248,6 +279,9 @@ class Algorithm:
 def build_client_hooks(method: Mapping[str, Any], global_state: State, payload: Mapping[str, State],
                        client_state: State | None) -> ClientHooks:
     """The client half of a round from the instruction's method spec (no server object involved)."""
+    if RANK_KEY in method:  # a rank-r_i client: the method's hooks see its r_i components of the adapter
+        rest = {k: v for k, v in method.items() if k != RANK_KEY}
+        return rank_hooks(method[RANK_KEY], global_state, lambda view: build_client_hooks(rest, view, payload, client_state))
     options = {k: v for k, v in method.items() if k != "name"}
     return CLIENT_METHODS.lookup(method["name"]).hooks(options, global_state, payload, client_state)
 
@@ -256,8 +290,9 @@ def all_finite(state: State) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values())
 
 
-def build_algorithm(params: FLParams, num_clients: int, federation: Federation | None = None) -> Algorithm:
-    return Algorithm(params, num_clients, federation)
+def build_algorithm(params: FLParams, num_clients: int, federation: Federation | None = None,
+                    ranks: RankPlan | None = None) -> Algorithm:
+    return Algorithm(params, num_clients, federation, ranks)
 
 
 def ignored_params(params: FLParams) -> list[str]:
