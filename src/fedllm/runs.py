@@ -3,6 +3,7 @@ federation). The engine writes runs; evaluation, reports and benchmarks read the
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def read_run_config(run_dir: Path) -> RunConfig:
     if not path.is_file():
         raise RunError(f"{run_dir} is not a run directory (no {CONFIG})")
     try:
-        return load_config(path, [f"output_dir={run_dir.parent}", f"name={run_dir.name}"])
+        # quoted, so a directory named like a number (runs/hpo/trials/000) stays a string
+        return load_config(path, [f"output_dir={json.dumps(str(run_dir.parent))}", f"name={json.dumps(run_dir.name)}"])
     except ConfigError as e:
         raise RunError(f"{path} cannot be read back: {e}") from None
 
