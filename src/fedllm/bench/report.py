@@ -90,6 +90,37 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def time_to_target(run: dict[str, Any], target: float, metric: str = "pooled_loss") -> dict[str, Any]:
+    """The first evaluation whose held-out ``metric`` is at most ``target``: its round, the simulated
+    wall clock then (``systems:`` runs) and the bytes sent until then; ``reached`` False if none was."""
+    name = run["summary"]["name"]
+    hit = next((e for e in run["evals"] if e.get(metric) is not None and e[metric] <= target), None)
+    if hit is None:
+        return {"run": name, "reached": False, "round": None, "loss": None, "sim_clock": None, "bytes": None}
+    path = Path(run["dir"]) / "metrics.jsonl"
+    rounds = [e for e in read_metrics(path, "round") if e["round"] <= hit["round"]] if path.is_file() else []
+    timed = "sim_clock" in run["summary"] and path.is_file()  # a systems: run (a grouped run's rounds are its groups')
+    return {"run": name, "reached": True, "round": hit["round"], "loss": hit[metric],
+            "sim_clock": (rounds[-1]["sim_clock"] if rounds else 0.0) if timed else None,
+            "bytes": sum(e["bytes_up"] + e["bytes_down"] for e in rounds) if path.is_file() else None}
+
+
+def print_time_to_target(rows: list[dict[str, Any]], target: float, console: Console) -> None:
+    """Per run: when the held-out loss first reached the target, in simulated seconds, rounds and bytes."""
+    table = Table(title=f"Time to held-out loss ≤ {target:g}",
+                  caption="sim clock: simulated wall clock (systems:, slowest on-time client per round); "
+                          "MB: messages up and down until then")
+    for col in ("run", "round", "loss", "sim clock s", "MB"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in rows:
+        if not r["reached"]:
+            table.add_row(r["run"], "not reached", "", "", "")
+        else:
+            table.add_row(r["run"], str(r["round"]), _num(r["loss"], 1, 4), _num(r["sim_clock"], 1, 1),
+                          _num(r["bytes"], 1e-6, 1))
+    console.print(table)
+
+
 def print_history(runs: list[dict[str, Any]], metric: str, title: str, console: Console) -> None:
     """One row per evaluation round, one column per run: how a held-out number moved."""
     table = Table(title=title)
