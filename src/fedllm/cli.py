@@ -161,16 +161,74 @@ def collab(
 
 @app.command()
 @_friendly
+def hpo(
+    space: Path = typer.Option(..., "--space", "-s", help="YAML search space: dotted config key -> {choice: \\[..]}, "
+                                                          "{uniform: \\[lo, hi]}, {log_uniform: \\[lo, hi]} or {int_uniform: \\[lo, hi]}"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the trials' base configuration"),
+    sampler: str = typer.Option("tpe", "--sampler", help="grid, random or tpe (Optuna's, seeded)"),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="trials in the study (default: the whole grid; 10)"),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="rounds of a search trial (the low fidelity)"),
+    final_rounds: Optional[int] = typer.Option(None, "--final-rounds", min=0, help="rounds of the full-fidelity "
+                                               "re-training (default: the config's fl.rounds; 0: search only)"),
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="re-train only the K best trials (default: all)"),
+    pruner: str = typer.Option("none", "--pruner", help="none, or halving: successive halving on each round's validation loss"),
+    eta: int = typer.Option(3, "--eta", min=2, help="successive halving's reduction factor"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="share of each client's training samples held out "
+                                       "as the search's validation set; 0: search on the test split's held-out loss"),
+    metric: str = typer.Option("heldout", "--metric", help="the final metric: heldout (the full-fidelity run's held-out "
+                                                           "loss) or a `fedllm eval` metric without a judge"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="FEDLLM_EVAL_DATA", help="benchmark files for --metric"),
+    seed: int = typer.Option(0, "--seed", help="the sampler's seed"),
+    output_dir: Path = typer.Option(Path("runs/hpo"), "--out", help="the study directory (trials, table, results)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides applied to every run"),
+) -> None:
+    """FedHPO (FederatedScope-LLM): search at low fidelity, re-train at full fidelity, report how well the
+    rankings agree (Spearman ρ, Kendall τ); resumable, finished trials are reused."""
+    import optuna
+
+    from fedllm.bench.hpo import HpoSettings, run_hpo
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = HpoSettings(sampler=sampler, trials=trials, rounds=rounds, final_rounds=final_rounds, top=top,
+                           pruner=pruner, eta=eta, val_fraction=val_fraction, metric=metric, seed=seed, data_dir=data_dir)
+    run_hpo(config, space, output_dir, overrides or [], console, settings, quiet=quiet)
+
+
+@app.command("peft-table")
+@_friendly
+def peft_table(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the runs' common configuration (default: "
+                                                                       "the built-in defaults)"),
+    methods: str = typer.Option(",".join(("lora", "dora", "ia3", "prompt", "ptuning", "prefix")), "--methods",
+                                help="comma-separated PEFT methods, one run each"),
+    output_dir: Path = typer.Option(Path("runs/peft-table"), "--out", help="where the runs and the table go"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides applied to every run"),
+) -> None:
+    """FederatedScope-LLM's Tables 2 and 4: one run per PEFT method, held-out loss beside trainable parameters
+    and bytes per client and round; finished runs are reused, interrupted ones resumed."""
+    from fedllm.bench.peft_table import run_peft_table
+
+    run_peft_table(config, output_dir, overrides or [], console, [m.strip() for m in methods.split(",") if m.strip()])
+
+
+@app.command()
+@_friendly
 def report(
     runs: list[Path] = typer.Argument(..., help="run directories to compare"),
     plot: Optional[Path] = typer.Option(None, help="also write the held-out loss per round as a PNG"),
+    target_loss: Optional[float] = typer.Option(None, "--target-loss", help="also show when each run's pooled held-out "
+                                                "loss first reached this: round, simulated clock (systems:), bytes"),
 ) -> None:
     """Compare finished runs: final held-out loss and timings, from their files alone."""
-    from fedllm.bench.report import comparison_rows, fairness_rows, load_run, plot_heldout, print_comparison, print_fairness
+    from fedllm.bench.report import (comparison_rows, fairness_rows, load_run, plot_heldout, print_comparison,
+                                     print_fairness, print_time_to_target, time_to_target)
 
     loaded = [load_run(r) for r in runs]
     print_comparison(comparison_rows(loaded), console)
     print_fairness(fairness_rows(loaded), console)
+    if target_loss is not None:
+        print_time_to_target([time_to_target(r, target_loss) for r in loaded], target_loss, console)
     if plot:
         console.print(f"plot: {plot_heldout(loaded, plot)}")
 

@@ -39,6 +39,61 @@ class LoraConfig(_Section):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     freeze_a: Optional[bool] = Field(None, description="FFA-LoRA: A frozen at its seeded init, only B trained and sent "
                                                        "(half the message); null: on under fl.dp, off otherwise")
+    hetero: Optional[Literal["pad", "flora"]] = Field(
+        None, description="heterogeneous client ranks r_i <= r: pad (HeteroLoRA: a client trains the first r_i components "
+                          "of the rank-r adapter, zero-padded back) or flora (FLoRA: fresh rank-r_i LoRAs each round, "
+                          "stacked exactly and merged into the base); null: every client trains rank r")
+    client_ranks: Union[list[int], dict[str, int], None] = Field(
+        None, description="lora.hetero's client ranks (each 1..r): a list assigned cyclically in client order, or "
+                          "{client id: rank} (unnamed clients: r); null: r for every client")
+
+    @model_validator(mode="after")
+    def _client_ranks(self) -> LoraConfig:
+        if self.client_ranks is None:
+            return self
+        if self.hetero is None:
+            raise ValueError("lora.client_ranks needs lora.hetero: pad or flora")
+        ranks = self.client_ranks if isinstance(self.client_ranks, list) else list(self.client_ranks.values())
+        if not ranks:
+            raise ValueError("lora.client_ranks is empty; give ranks or null")
+        if bad := [v for v in ranks if not 0 < v <= self.r]:
+            raise ValueError(f"lora.client_ranks {bad}: every client rank must be within 1..lora.r={self.r}")
+        return self
+
+
+class PeftConfig(_Section):
+    """Which PEFT method the clients train (peft's implementation) and its settings; LoRA and DoRA
+    take theirs from the ``lora`` section."""
+
+    method: str = Field("lora", description="lora, dora, ia3, prompt (prompt tuning), ptuning (P-tuning) or prefix "
+                                            "(prefix tuning)")
+    num_virtual_tokens: int = Field(20, gt=0, description="prompt, ptuning, prefix: virtual tokens in front of the input")
+    encoder_hidden_size: Optional[int] = Field(None, gt=0, description="ptuning's MLP and prefix's projection width "
+                                                                      "(null: the model's hidden size)")
+    prefix_projection: bool = Field(False, description="prefix: produce the keys and values with an MLP")
+    prompt_init: Literal["vocab", "random"] = Field("vocab", description="prompt, ptuning, prefix: virtual tokens start as "
+                                                                         "random vocabulary tokens' or N(0, 1)")
+    ia3_target_modules: list[str] = Field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
+    ia3_feedforward_modules: list[str] = Field(default_factory=lambda: ["down_proj"],
+                                               description="ia3: of its targets, those scaled at their input")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from fedllm.models.peft_methods import PEFT_METHODS
+
+        return PEFT_METHODS.check(v)
+
+    @model_validator(mode="after")
+    def _ff_in_targets(self) -> PeftConfig:
+        if stray := [m for m in self.ia3_feedforward_modules if m not in self.ia3_target_modules]:
+            raise ValueError(f"ia3_feedforward_modules {stray} must also be in ia3_target_modules")
+        return self
+
+    @property
+    def low_rank(self) -> bool:
+        """LoRA-shaped adapters (A and B matrices): what FFA-LoRA, FedSA and rank settings act on."""
+        return self.method in ("lora", "dora")
 
 
 class DataConfig(_Section):
@@ -222,6 +277,125 @@ class DeployConfig(_Section):
                                                              "round): {num_shares: 3, reconstruction_threshold: 2}")
 
 
+class FixedDist(_Section):
+    """The same value for every client."""
+
+    dist: Literal["fixed"] = "fixed"
+    value: float = Field(ge=0)
+
+
+class UniformDist(_Section):
+    """Uniform between low and high."""
+
+    dist: Literal["uniform"]
+    low: float = Field(ge=0)
+    high: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformDist:
+        if self.high < self.low:
+            raise ValueError(f"uniform needs low <= high, got low={self.low} high={self.high}")
+        return self
+
+
+class LogNormalDist(_Section):
+    """Log-normal: median·e^(σ·z), z ~ N(0, 1); device speeds spread over orders of magnitude like this."""
+
+    dist: Literal["lognormal"]
+    median: float = Field(gt=0)
+    sigma: float = Field(ge=0, description="std of the log (0.6: the middle 68% spans ×/÷1.8)")
+
+
+#: a per-client quantity: a number (fixed), or {dist: fixed|uniform|lognormal, ...}
+Dist = Union[FixedDist, UniformDist, LogNormalDist]
+
+
+def _number_is_fixed(v: Any) -> Any:
+    """A plain number (YAML's 2e12 arrives as a string) is shorthand for {dist: fixed, value: number}."""
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise ValueError("expected a number or {dist: fixed|uniform|lognormal, ...}") from None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return {"dist": "fixed", "value": v}
+    if isinstance(v, dict) and "dist" not in v:
+        raise ValueError(f"name the distribution: dist: fixed (value), uniform (low, high) or lognormal (median, "
+                         f"sigma); got {v}")
+    return v
+
+
+def _lowest(d: Dist) -> float:
+    return d.value if isinstance(d, FixedDist) else d.low if isinstance(d, UniformDist) else d.median
+
+
+class SystemsTier(_Section):
+    """A device tier: the share of clients in it and the quantities it sets (unset ones: the section's)."""
+
+    share: float = Field(gt=0, le=1)
+    name: Optional[str] = None
+    flops: Optional[Dist] = Field(None, discriminator="dist")
+    up: Optional[Dist] = Field(None, discriminator="dist")
+    down: Optional[Dist] = Field(None, discriminator="dist")
+    latency: Optional[Dist] = Field(None, discriminator="dist")
+
+    _fixed = field_validator("flops", "up", "down", "latency", mode="before")(_number_is_fixed)
+
+
+class SystemsConfig(_Section):
+    """Simulated system heterogeneity (as FedScale and FederatedScope-LLM simulate it): every client
+    gets a compute speed, bandwidths and a latency, drawn once from (run seed, client id); a round
+    takes each client latency + bytes down/down + FLOPs/flops + bytes up/up simulated seconds, and a
+    client slower than the deadline is left out of the round's aggregation."""
+
+    flops: Dist = Field(default_factory=lambda: LogNormalDist(dist="lognormal", median=2e12, sigma=0.6),
+                        discriminator="dist", description="compute speed, FLOP/s")
+    up: Dist = Field(default_factory=lambda: LogNormalDist(dist="lognormal", median=2.5e6, sigma=0.8),
+                     discriminator="dist", description="uplink, bytes/s (2.5e6: 20 Mbit/s)")
+    down: Dist = Field(default_factory=lambda: LogNormalDist(dist="lognormal", median=1.25e7, sigma=0.8),
+                       discriminator="dist", description="downlink, bytes/s (1.25e7: 100 Mbit/s)")
+    latency: Dist = Field(default_factory=lambda: FixedDist(value=0.05), discriminator="dist",
+                          description="seconds a round adds per client (connection set-up, round trips)")
+    tiers: Optional[list[SystemsTier]] = Field(None, description="device tiers [{share, flops, up, down, latency}, "
+                                                                 "...] (shares sum to 1); a client falls in one by "
+                                                                 "its seeded draw")
+    deadline: Optional[float] = Field(None, gt=0, description="straggler deadline in simulated seconds: later "
+                                                              "clients are not aggregated; null: wait for all")
+
+    _fixed = field_validator("flops", "up", "down", "latency", mode="before")(_number_is_fixed)
+
+    @model_validator(mode="after")
+    def _check(self) -> SystemsConfig:
+        if self.tiers is not None:
+            if not self.tiers:
+                raise ValueError("tiers is empty: list at least one tier, or set it to null")
+            total = sum(t.share for t in self.tiers)
+            if abs(total - 1) > 1e-6:
+                raise ValueError(f"tiers: shares must sum to 1, they sum to {total:g}")
+        for where, section in [("", self)] + [(f"tiers[{i}].", t) for i, t in enumerate(self.tiers or [])]:
+            for key in ("flops", "up", "down"):
+                d = getattr(section, key)
+                if d is not None and _lowest(d) <= 0:
+                    raise ValueError(f"{where}{key} is a rate and must stay above 0 (got {d.model_dump()})")
+        return self
+
+
+class OffsiteConfig(_Section):
+    """Offsite-tuning (Xiao et al. 2023; FederatedScope-LLM's FedOT): clients tune the adapter (LoRA on the
+    first and last k decoder layers) on an emulator, the base model with a share of its middle layers
+    dropped uniformly; the server evaluates the adapter plugged into the full model."""
+
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="share of the middle layers the emulator drops (the paper's "
+                                                          "0.2 and 0.5); 0: offsite-tuning off")
+    adapter_layers: int = Field(2, gt=0, description="k: the adapter is the first and last k decoder layers")
+    eval_emulator: bool = Field(True, description="also report the held-out loss on the emulator (emulator_loss), "
+                                                  "beside the full model's (plug-in)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.drop_rate > 0
+
+
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
 
 
@@ -231,15 +405,19 @@ class RunConfig(_Section):
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    peft: PeftConfig = Field(default_factory=PeftConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     fl: FLConfig = Field(default_factory=FLConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     comm: CommConfig = Field(default_factory=CommConfig)
     personal: PersonalConfig = Field(default_factory=PersonalConfig)
+    offsite: OffsiteConfig = Field(default_factory=OffsiteConfig)
     groups: GroupsConfig = Field(default_factory=GroupsConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    systems: Optional[SystemsConfig] = Field(None, description="simulated device speeds, bandwidths and a straggler "
+                                                               "deadline ({} for the defaults); null: off")
 
     @field_validator("name")
     @classmethod
@@ -250,6 +428,18 @@ class RunConfig(_Section):
                              "(not empty, no '/', not starting with '.' or '-'), e.g. fedavg-r20")
         return v
 
+    @model_validator(mode="after")
+    def _lora_settings_apply(self) -> RunConfig:
+        if self.lora.freeze_a and not self.peft.low_rank:
+            raise ValueError(f"lora.freeze_a (FFA-LoRA) needs LoRA's A matrices; peft.method={self.peft.method} has none")
+        if self.lora.hetero is not None:
+            from fedllm.fl.hetero_lora import config_problem
+
+            if why := config_problem(self.lora.hetero, self.fl, peft_method=self.peft.method, ffa=self.ffa_lora,
+                                     finetune_steps=self.personal.finetune_steps):
+                raise ValueError(why)
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
@@ -257,6 +447,8 @@ class RunConfig(_Section):
     @property
     def ffa_lora(self) -> bool:
         """Whether LoRA's A is frozen (FFA-LoRA): as set, or by default under differential privacy."""
+        if not self.peft.low_rank:
+            return False
         return self.lora.freeze_a if self.lora.freeze_a is not None else self.fl.dp is not None
 
     def objective_options(self) -> dict[str, Any]:
@@ -276,6 +468,9 @@ class RunConfig(_Section):
                 out.append(f"train.{key}={getattr(self.train, key)} is ignored by train.objective={self.train.objective}")
         if self.train.optimizer != "sgdm" and self.train.momentum != defaults.momentum:
             out.append(f"train.momentum={self.train.momentum} is ignored by train.optimizer={self.train.optimizer}")
+        if not self.offsite.enabled:
+            out += [f"offsite.{k}={getattr(self.offsite, k)} is ignored: offsite-tuning is off (offsite.drop_rate=0)"
+                    for k in ("adapter_layers", "eval_emulator") if getattr(self.offsite, k) != getattr(OffsiteConfig(), k)]
         if self.train.local_steps != "dynamic" and self.train.epochs != defaults.epochs:
             out.append(f"train.epochs={self.train.epochs} is ignored: train.local_steps is fixed "
                        f"({self.train.local_steps}), not 'dynamic'")
@@ -324,6 +519,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = out
         for p in parts[:-1]:
             child = node.setdefault(p, {})
+            if child is None:  # an optional section that is off (null) is switched on by setting a key of it
+                child = node[p] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
             node = child

@@ -6,6 +6,7 @@ reachable from here, so an in-process simulation and a network transport call th
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from fedllm.data.schema import ClientData, Sample
 from fedllm.engine.messages import Instruction, Reply
 from fedllm.fl.codec import WireSpec, lossless
+from fedllm.engine.hetero_lora import client_model
 from fedllm.engine.store import ClientStateStore
 from fedllm.fl import TRANSFORMS, ClientContext, ClientUpdate, build_client_hooks
 from fedllm.fl import state as S
@@ -36,20 +38,22 @@ class ClientError(RuntimeError):
 @dataclass
 class ClientRuntime:
     """What a client process holds across rounds: the adapter slot on the shared base model, the task
-    that encodes its data (through an encoding cache, if it has one), the precision it computes in
-    and its own persistent-state store."""
+    that encodes its data (through an encoding cache, if it has one), the precision it computes in,
+    its own persistent-state store and the view of the model it trains (offsite-tuning's emulator)."""
 
     slot: AdapterSlot
     task: Task
     precision: Precision
     store: ClientStateStore | None = None
     encodings: EncodingCache | None = None
+    view: Callable[[], AbstractContextManager[Any]] = nullcontext  # entered around every local training
 
     def encode(self, samples: list[Sample]) -> Encoded:
         return (self.encodings or self.task).encode(samples)
 
     def __post_init__(self) -> None:
-        self.shape = ModelShape.of(self.slot.model)
+        with self.view():  # the FLOPs of the model clients train (the emulator's, under offsite-tuning)
+            self.shape = ModelShape.of(self.slot.model)
 
 
 def local_training(train: dict[str, Any]) -> dict[str, Any]:
@@ -110,14 +114,16 @@ def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
         if on_step is not None:
             on_step(cid, info)
 
-    res = trainer.train(enc.features, steps, ins.lr, hooks, record)
+    with rt.view(), client_model(rt.slot.model, ins.method, ins.payload):  # FLoRA: merged base, own scaling
+        res = trainer.train(enc.features, steps, ins.lr, hooks, record)
     personal: dict[str, Any] = {}
     tokens, labelled = res.num_tokens, res.num_labelled  # both phases count towards the FLOPs
     if (phase := hooks.personal_phase()) is not None:  # e.g. Ditto's personal adapter
         rt.slot.load(phase.start)
-        mine = trainer.train(enc.features, _batches(rt, enc, phase.steps or k, tr,
-                                                    derive_seed(ins.seed, "personal-batches", ins.round, cid)),
-                             ins.lr, phase.hooks)
+        with rt.view():
+            mine = trainer.train(enc.features, _batches(rt, enc, phase.steps or k, tr,
+                                                        derive_seed(ins.seed, "personal-batches", ins.round, cid)),
+                                 ins.lr, phase.hooks)
         hooks.personal_done(mine.state)
         personal = {"personal_loss": mine.loss, "personal_steps": mine.num_steps, "personal_seconds": mine.seconds,
                     "personal_tokens": mine.num_tokens}
@@ -132,6 +138,7 @@ def run_client_round(ins: Instruction, data: ClientData, rt: ClientRuntime,
     ctx = ClientContext(seed=ins.seed, round=ins.round, client_id=cid)
     for spec in ins.transforms:
         delta = TRANSFORMS.lookup(spec["name"]).on_client({k: v for k, v in spec.items() if k != "name"}, delta, ctx)
+    delta = hooks.outgoing(delta)  # e.g. a rank-r_i client's r_i components only
     metrics = {
         "loss": res.loss, **res.stats, "steps": res.num_steps, "samples": res.num_seen, "tokens": res.num_tokens,
         "seconds": res.seconds, "tokens_per_s": res.num_tokens / max(res.seconds, 1e-9),
@@ -154,7 +161,8 @@ def finetune_client(adapter: S.State, data: ClientData, rt: ClientRuntime, train
     batches = _batches(rt, enc, steps, train, derive_seed(seed, "finetune", data.id))
     rt.slot.load(adapter)
     torch.manual_seed(derive_seed(seed, "finetune-torch", data.id))
-    return local_trainer(rt, train).train(enc.features, batches, lr).state
+    with rt.view():
+        return local_trainer(rt, train).train(enc.features, batches, lr).state
 
 
 SEP = "\x1f"

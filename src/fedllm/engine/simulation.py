@@ -15,6 +15,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +32,8 @@ from fedllm.engine.personal import LocalPersonal, PersonalSpec, summarise
 from fedllm.engine.progress import Reporter
 from fedllm.engine.rundir import RunLock, remove_debris
 from fedllm.engine.store import ClientStateStore, io_reason
+from fedllm.engine.hetero_lora import rank_plan, server_model
+from fedllm.engine.systems import apply_deadline, exchange_seconds, systems_summary
 from fedllm.engine.fleet import Fleet, LocalFleet, TransportFactory
 from fedllm.engine.transport import Exchange, Transport
 from fedllm.fl import Algorithm, ClientUpdate, Federation, build_algorithm
@@ -40,7 +43,9 @@ from fedllm.fl.codec import lossless
 from fedllm.fl.sampling import SAMPLERS
 from fedllm.jsonl import dumps, write_text_atomic
 from fedllm.models.adapters import AdapterSlot, save_adapter
+from fedllm.models.merged_lora import save_merged_adapter
 from fedllm.models.loading import BaseModel, load_base_model
+from fedllm.models.offsite import Emulator, lora_layers
 from fedllm.models.precision import Precision
 from fedllm.runs import ADAPTER, CHECKPOINTS, CLIENT_STATE, CONFIG, METRICS, SUMMARY, RunError, load_federation
 from fedllm.seeding import derive_seed
@@ -60,27 +65,46 @@ def cosine_lr(round_idx: int, rounds: int, lr: float, lr_min: float) -> float:
 
 @dataclass
 class Session:
-    """A base model with its LoRA slot, shared by every run of a process (loaded once)."""
+    """A base model with its adapter slot (the run's PEFT method), shared by every run of a process (loaded once)."""
 
     base: BaseModel
     slot: AdapterSlot
     lora_key: str
+    emulator: Emulator | None = None  # offsite-tuning: the model clients train on
 
     @classmethod
     def create(cls, cfg: RunConfig) -> Session:
-        from fedllm.models.adapters import attach_lora
+        from fedllm.models.adapters import attach_adapter, peft_method
 
         base = load_base_model(cfg.model)
-        base.model = attach_lora(base.model, cfg.lora)
-        return cls(base=base, slot=AdapterSlot(base.model, freeze_a=cfg.ffa_lora), lora_key=cls.key(cfg))
+        off = cfg.offsite
+        try:
+            base.model = attach_adapter(base.model, cfg, layers=lora_layers(base.model, off))
+            emulator = Emulator(base.model, off.adapter_layers, off.drop_rate) if off.enabled else None
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        slot = AdapterSlot(base.model, freeze_a=cfg.ffa_lora, method=peft_method(cfg))
+        return cls(base=base, slot=slot, lora_key=cls.key(cfg), emulator=emulator)
 
     @staticmethod
     def key(cfg: RunConfig) -> str:
-        return cfg.lora.model_dump_json() + f"|ffa={cfg.ffa_lora}"
+        off = cfg.offsite
+        lora = cfg.lora.model_dump_json(exclude={"hetero", "client_ranks"})  # the same slot serves any client ranks
+        return (lora + cfg.peft.model_dump_json() + f"|ffa={cfg.ffa_lora}"
+                + (f"|offsite={off.adapter_layers},{off.drop_rate}" if off.enabled else ""))
+
+    def view(self) -> AbstractContextManager[Any]:
+        """The model clients train: offsite-tuning's emulator while entered, else the full model."""
+        return self.emulator() if self.emulator is not None else nullcontext()
+
+    def offsite_report(self) -> dict[str, Any] | None:
+        """Offsite-tuning's layers and message sizes (emulator download vs full model), or None when off."""
+        return self.emulator.report(self.slot.every.values()) if self.emulator is not None else None
 
     def check(self, cfg: RunConfig) -> None:
         if self.key(cfg) != self.lora_key:
-            raise RunError("a shared session must use one LoRA configuration (FFA-LoRA included) for every run")
+            raise RunError("a shared session must use one adapter configuration (PEFT method, LoRA settings, "
+                           "FFA-LoRA, offsite-tuning's layers) for every run")
 
 
 class Evaluator(Protocol):
@@ -131,7 +155,8 @@ class Simulation:
                                 rounds=cfg.fl.rounds, total_samples=self.trainable_samples, lr=cfg.train.lr,
                                 sampling=cfg.fl.sampling, seed=cfg.seed)
         try:
-            self.algorithm: Algorithm = build_algorithm(cfg.fl, max(len(eligible), 1), federation)
+            self.algorithm: Algorithm = build_algorithm(cfg.fl, max(len(eligible), 1), federation,
+                                                        rank_plan(cfg, self.client_ids))
         except ValueError as e:
             raise RunError(str(e)) from None
         if self.algorithm.single_client:
@@ -149,18 +174,30 @@ class Simulation:
             except ValueError as e:
                 raise RunError(f"fl.aggregator {self.algorithm.aggregator.name} with fl.clients_per_round="
                                f"{cfg.fl.clients_per_round}: {e}") from None
+        if self.algorithm.merge is not None and (not isinstance(self.fleet, LocalFleet) or self.session.emulator):
+            raise RunError("lora.hetero=flora runs in the simulation without offsite-tuning: the merged base lives "
+                           "where the server evaluates it, not on deployed nodes or an emulator")
         if self.fleet.secure and (problem := self.algorithm.secure_sum_problem()):
             raise RunError(f"deploy.secagg: {problem}")
+        if self.fleet.secure and cfg.systems is not None and cfg.systems.deadline is not None:
+            raise RunError("deploy.secagg sums every reply, so systems.deadline cannot leave late clients out; "
+                           "set systems.deadline=null")
         if (why := self.algorithm.method.adapter_problem(self.slot.read())) is not None:
             raise RunError(f"fl.algorithm={cfg.fl.algorithm} {why}")
         up = cfg.comm.up
         feedback = up.error_feedback and not lossless(up)
         keeps = self.algorithm.stateful_clients or feedback or cfg.personal.finetune_steps > 0
         self.store = ClientStateStore(self.run_dir / CLIENT_STATE) if keeps else None
-        self.runtime = ClientRuntime(self.slot, self.task, base.precision, self.store, self.fleet.encodings)
+        self.runtime = ClientRuntime(self.slot, self.task, base.precision, self.store, self.fleet.encodings,
+                                     view=self.session.view)
         if self.evaluator is not None:
             self.evaluator.prepare(self.task, base.precision, self.fleet.tests(self.client_ids))
         self.personal = self._personal_evaluation()
+        self.eval_emulator = self._emulator_evaluation()
+        self.offsite = self.session.offsite_report()
+        if self.offsite is not None and not self.offsite["dropped_layers"]:
+            self.warnings.append(f"offsite.drop_rate={cfg.offsite.drop_rate} drops none of the model's middle layers "
+                                 f"(it rounds to 0 of them): the emulator is the full model")
         self.adapter_bytes = S.num_bytes(self.slot.read())
         self.setup_seconds = time.perf_counter() - t0
 
@@ -181,6 +218,17 @@ class Simulation:
         self.reporter.warn("personal adapters are evaluated by the held-out evaluator, and this run has none; "
                            "it reports the global adapter only")
         return None
+
+    def _emulator_evaluation(self) -> bool:
+        """Whether evaluations also run on offsite-tuning's emulator: asked, and the evaluator evaluates the
+        model it is given here (one with ``client``, as for personal evaluation), not on remote nodes."""
+        if self.session.emulator is None or not self.cfg.offsite.eval_emulator or self.evaluator is None:
+            return False
+        if getattr(self.evaluator, "client", None) is None:
+            self.reporter.warn("offsite.eval_emulator: this run's evaluator runs on the nodes, which hold the full "
+                               "model; only the plug-in (full model) loss is reported")
+            return False
+        return True
 
     def _excluded_note(self) -> str:
         return f" ({len(self.excluded)} of {len(self.client_ids)} have no trainable sample)" if self.excluded else ""
@@ -266,7 +314,7 @@ class Simulation:
                           excluded=self.excluded, dropped_samples=self.dropped, drop_reasons=self.drop_reasons,
                           algorithm=self.algorithm.describe(), warnings=self.warnings,
                           adapter_parameters=self.slot.num_parameters(), adapter_bytes=self.adapter_bytes,
-                          ffa_lora=bool(self.slot.frozen),
+                          ffa_lora=bool(self.slot.frozen), offsite=self.offsite,
                           body_parameters=self.runtime.shape.body_params,
                           precision=self.session.base.precision.name, device=str(self.session.base.device),
                           setup_seconds=self.setup_seconds)
@@ -297,7 +345,10 @@ class Simulation:
                                     self.store, info, keep=cfg.checkpoint.keep)
                 progress.advance()
         try:
-            save_adapter(self.slot, global_state, self.run_dir / ADAPTER)
+            if self.algorithm.merge is not None and self.algorithm.merge.merged:  # FLoRA: ΔW as exact LoRA factors
+                save_merged_adapter(self.slot, self.algorithm.merge.merged, self.run_dir / ADAPTER)
+            else:
+                save_adapter(self.slot, global_state, self.run_dir / ADAPTER)
         except (OSError, SafetensorError) as e:
             raise RunError(f"cannot save the final adapter to {self.run_dir / ADAPTER} ({io_reason(e)}); the last "
                            f"checkpoint is intact: free space, then `fedllm train --resume {self.run_dir}`") from None
@@ -342,7 +393,7 @@ class Simulation:
         payload = alg.client_payload(global_state)
         reply_wire = self.cfg.comm.up.model_dump()
         for cid in sampled:
-            yield Instruction(round=r, client_id=cid, seed=self.cfg.seed, lr=lr, train=train, method=alg.client_method(),
+            yield Instruction(round=r, client_id=cid, seed=self.cfg.seed, lr=lr, train=train, method=alg.client_method(cid),
                               adapter=global_state, payload=payload, transforms=alg.client_transforms(),
                               reply_wire=reply_wire)
 
@@ -368,6 +419,7 @@ class Simulation:
         losses: dict[str, float] = {}
         bytes_up = bytes_down = 0
         missing: list[str] = []
+        times: dict[str, float] = {}  # simulated seconds per client (systems:)
         for ex in transport.run(self._instructions(r, sampled, global_state, lr)):
             bytes_up, bytes_down = bytes_up + ex.bytes_up, bytes_down + ex.bytes_down
             if ex.reply is None:
@@ -375,16 +427,25 @@ class Simulation:
                 metrics.write("missing", round=r + 1, client=ex.client_id, reason=ex.failure)
                 self.reporter.warn(f"round {r + 1}: no update from client {ex.client_id}: {ex.failure}")
                 continue
-            self._log_client(r, ex, metrics)
+            if cfg.systems is not None:
+                times[ex.client_id] = exchange_seconds(cfg.systems, cfg.seed, ex)
+            self._log_client(r, ex, metrics, times.get(ex.client_id))
             updates.append(ex.reply.update)
             losses[ex.reply.update.client_id] = ex.reply.metrics["loss"]
         rank = {cid: i for i, cid in enumerate(sampled)}
         updates.sort(key=lambda u: rank.get(u.client_id, len(rank)))  # sampling order, whatever order replies came in
+        clock: dict[str, Any] = {}
+        if cfg.systems is not None:
+            updates, clock = apply_deadline(cfg.systems, r + 1, updates, times, bool(missing), metrics,
+                                            self.reporter.warn, timing)
         if updates and len(updates) < cfg.deploy.min_replies:
             outcome = RoundOutcome(state=None, skipped=f"{len(updates)} of {len(sampled)} clients replied, fewer "
                                                        f"than deploy.min_replies={cfg.deploy.min_replies}")
         elif not updates and missing:
             outcome = RoundOutcome(state=None, skipped=f"none of the {len(sampled)} sampled clients replied")
+        elif not updates and clock.get("late"):
+            outcome = RoundOutcome(state=None, skipped=f"all {len(clock['late'])} clients were later than "
+                                                       f"systems.deadline={cfg.systems.deadline:g} s")
         elif self.fleet.secure:  # the server sees only the weighted mean, which the transport unmasked
             outcome = alg.step_secure(global_state, transport.secure_mean or {}, updates)
         else:
@@ -402,11 +463,13 @@ class Simulation:
                       dropped=len(outcome.dropped), skipped=outcome.skipped, seconds=seconds,
                       loss=sum(losses[u.client_id] * u.num_seen for u in updates) / max(n_loss, 1) if updates else None,
                       update_norm=S.norm(S.sub(new_state, global_state)), bytes_up=bytes_up, bytes_down=bytes_down,
-                      **alg.report())
+                      **clock, **alg.report())
         return new_state
 
-    def _log_client(self, r: int, ex: Exchange, metrics: MetricsLog) -> None:
+    def _log_client(self, r: int, ex: Exchange, metrics: MetricsLog, sim_seconds: float | None = None) -> None:
         m, u = dict(ex.reply.metrics), ex.reply.update
+        if sim_seconds is not None:
+            m["sim_seconds"] = sim_seconds
         for s, step in enumerate(m.pop("step_log", [])):
             metrics.write("step", round=r + 1, client=u.client_id, step=s + 1, lr=u.lr, **step)
         metrics.write("client", round=r + 1, client=u.client_id, lr=u.lr, **m, bytes_up=ex.bytes_up,
@@ -418,10 +481,20 @@ class Simulation:
             return {"round": round_done}
         t0 = time.perf_counter()
         self.slot.load(global_state)
-        res = self.evaluator(self.slot.model)
+        with server_model(self.slot.model, self.algorithm):  # FLoRA: the base plus the merged ΔW
+            res = self.evaluator(self.slot.model)
         seconds = time.perf_counter() - t0
         timing["eval_seconds"] += seconds
         row = {"round": round_done, **res, "seconds": seconds}
+        if self.eval_emulator:  # offsite-tuning: the same adapter on the emulator the clients trained on
+            t0 = time.perf_counter()
+            with self.session.view():
+                emulated = self.evaluator(self.slot.model)
+            timing["eval_seconds"] += time.perf_counter() - t0
+            row["emulator"] = {k: v for k, v in emulated.items() if k != "per_client"}
+            if "pooled_loss" in emulated:
+                self.reporter.info(f"  [cyan]eval[/] after round {round_done} on the emulator (offsite-tuning): held-out "
+                                   f"loss {emulated['pooled_loss']:.4f} (pooled); next line: the full model (plug-in)")
         if self.algorithm.single_client:
             own = res.get("per_client", {}).get(self.participants[0])
             row["own_loss"] = own["loss"] if own else None
@@ -452,11 +525,13 @@ class Simulation:
             "excluded_clients": self.excluded, "final_eval": final, "eval_history": history, **timing,
             "precision": self.session.base.precision.name,
             "adapter_parameters": self.slot.num_parameters(), "adapter_bytes": self.adapter_bytes,
+            "offsite": self.offsite,
             "privacy": self.algorithm.report().get("dp"),
             "personal": final.get("personal"),
             "dropped_updates": sum(1 for e in events if e["event"] == "drop"),
             "skipped_rounds": [e["round"] for e in events if e["event"] == "round" and e.get("skipped")],
             "cost": cost_summary([e for e in events if e["event"] == "client"]),
+            "systems": systems_summary(cfg.systems, events) if cfg.systems is not None else None,
             **peak_memory_mb(self.session.base.device),
         }
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fedllm.config import RunConfig, build_config
 from fedllm.data.sources.builds import file_sha256
+from fedllm.models.adapters import TRAINABLE_FILE
 from fedllm.runs import GROUPS, GROUPS_DIR, is_grouped, list_checkpoints, read_run_config
 
 
@@ -33,7 +34,9 @@ class Target:
 
     def model_key(self) -> str:
         """Targets with equal keys share one loaded base model (and LoRA slot)."""
-        return self.cfg.model.model_dump_json() + self.cfg.lora.model_dump_json()
+        off = self.cfg.offsite  # offsite-tuning puts the adapter on the first and last k layers only
+        return (self.cfg.model.model_dump_json() + self.cfg.lora.model_dump_json() + self.cfg.peft.model_dump_json()
+                + (f"|offsite-k={off.adapter_layers}" if off.enabled else ""))
 
 
 _ROUND = re.compile(r"^round-(\d+)$")
@@ -48,17 +51,32 @@ def _run_config(run_dir: Path) -> RunConfig:
         raise TargetError(str(e)) from None
 
 
-def _lora_from_peft(adapter_dir: Path) -> dict[str, object]:
+#: peft's saved adapter types -> the ``peft.method`` that evaluates them (computed prompt-learning forms
+#: load as the plain method they equal: P-tuning's MLP output is a prompt, a projected prefix a prefix)
+PEFT_TYPES = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt", "P_TUNING": "prompt", "PREFIX_TUNING": "prefix"}
+
+
+def _peft_from_dir(adapter_dir: Path) -> dict[str, dict[str, object]]:
+    """The ``lora`` and ``peft`` config sections that rebuild a saved peft adapter's model."""
     cfg_path = adapter_dir / "adapter_config.json"
     try:
         pc = json.loads(cfg_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise TargetError(f"{cfg_path}: cannot read the peft adapter config ({e})") from None
-    if pc.get("peft_type", "LORA") != "LORA":
-        raise TargetError(f"{cfg_path}: peft_type {pc.get('peft_type')!r} is not LoRA")
+    kind = pc.get("peft_type", "LORA")
+    if kind not in PEFT_TYPES:
+        raise TargetError(f"{cfg_path}: peft_type {kind!r} is not one fedllm evaluates ({', '.join(PEFT_TYPES)})")
     targets = pc.get("target_modules") or []
-    return {"r": pc["r"], "alpha": pc.get("lora_alpha", pc["r"]), "dropout": pc.get("lora_dropout", 0.0),
-            "target_modules": sorted(targets) if isinstance(targets, (list, set)) else [targets]}
+    targets = sorted(targets) if isinstance(targets, (list, set)) else [targets]
+    if kind == "LORA":
+        return {"lora": {"r": pc["r"], "alpha": pc.get("lora_alpha", pc["r"]), "dropout": pc.get("lora_dropout", 0.0),
+                         "target_modules": targets},
+                "peft": {"method": "dora" if pc.get("use_dora") else "lora"}}
+    if kind == "IA3":
+        ff = pc.get("feedforward_modules") or []
+        return {"peft": {"method": "ia3", "ia3_target_modules": targets,
+                         "ia3_feedforward_modules": sorted(ff) if isinstance(ff, (list, set)) else [ff]}}
+    return {"peft": {"method": PEFT_TYPES[kind], "num_virtual_tokens": pc["num_virtual_tokens"]}}
 
 
 def resolve_target(spec: str, *, base_cfg: RunConfig | None = None, model: str | None = None,
@@ -79,12 +97,16 @@ def resolve_target(spec: str, *, base_cfg: RunConfig | None = None, model: str |
         if not _ROUND.match(at_round):
             raise TargetError(f"evaluation target {spec!r}: expected <run>@round-N")
         path = path / "checkpoints" / at_round
-    if (path / "config.yaml").is_file():  # a run directory: its final adapter
-        adapter = path / "adapter" / "adapter_model.safetensors"
+    if (path / "config.yaml").is_file():  # a run directory: its final adapter (in trainable form, if peft's differs)
+        adapter = path / "adapter" / TRAINABLE_FILE
+        if not adapter.is_file():
+            adapter = path / "adapter" / "adapter_model.safetensors"
         if not adapter.is_file():
             raise TargetError(f"{path}: the run has no final adapter yet (unfinished?); evaluate a checkpoint "
                               f"with {path}@round-N (have: {', '.join(p.name for p in list_checkpoints(path / 'checkpoints')) or 'none'})")
         cfg = _run_config(path)
+        if cfg.lora.hetero == "flora":  # FLoRA saved the merged ΔW as a LoRA of its own rank (scaling 1)
+            cfg = cfg.model_copy(update={"lora": cfg.lora.model_validate(_peft_from_dir(path / "adapter")["lora"])})
         return Target(cfg.name, "run", cfg, adapter, path / "eval" / "final", run_dir=path)
     m = _ROUND.match(path.name)
     if m and (path.parent.parent / "config.yaml").is_file():
@@ -93,6 +115,9 @@ def resolve_target(spec: str, *, base_cfg: RunConfig | None = None, model: str |
         if not adapter.is_file():
             raise TargetError(f"{path}: checkpoint has no adapter.safetensors")
         cfg = _run_config(run_dir)
+        if cfg.lora.hetero == "flora":
+            raise TargetError(f"{path}: a FLoRA checkpoint's model is the base plus the merged ΔW of its server state, "
+                              f"not its adapter.safetensors; evaluate the run's final adapter ({run_dir})")
         return Target(f"{cfg.name}@{path.name}", "checkpoint", cfg, adapter, run_dir / "eval" / path.name, run_dir=run_dir)
     if (path / "adapter_config.json").is_file():
         adapter = path / "adapter_model.safetensors"
@@ -101,10 +126,11 @@ def resolve_target(spec: str, *, base_cfg: RunConfig | None = None, model: str |
         if (path.parent / "config.yaml").is_file():  # <run>/adapter
             return resolve_target(str(path.parent), base_cfg=base_cfg, model=model, out_root=out_root)
         base = base_cfg or build_config({})
-        lora = _lora_from_peft(path)
+        sections = _peft_from_dir(path)
         name = model or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path") or base.model.name
         cfg = base.model_copy(update={"model": base.model.model_copy(update={"name": name}),
-                                      "lora": base.lora.model_validate(lora)})
+                                      "lora": base.lora.model_validate(sections.get("lora", {})),
+                                      "peft": base.peft.model_validate(sections["peft"])})
         return Target(path.name, "adapter", cfg, adapter, path / "eval", run_dir=None)
     raise TargetError(f"{path}: neither a run directory (config.yaml), a checkpoint round nor a peft adapter "
                       f"directory (adapter_config.json)")

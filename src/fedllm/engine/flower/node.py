@@ -182,7 +182,7 @@ class Node:
         keep = max(self.cfg.checkpoint.every, 1) * self.cfg.checkpoint.keep + 1
         s = self.session
         return ClientRuntime(s.slot, self.task, s.base.precision, RoundStore(self.state_root(), round_idx, keep),
-                             EncodingCache(cache_root() / "encodings", self.task))
+                             EncodingCache(cache_root() / "encodings", self.task), view=s.view)
 
     def evaluate(self, adapter_blob: bytes, client_ids: list[str], cap: int | None, batch_size: int,
                  personal: dict[str, Any] | None = None, round_done: int = 0) -> dict[str, Any]:
