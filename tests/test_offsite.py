@@ -38,6 +38,8 @@ def test_kept_layers_match_hand_written_lists():
     assert plan_emulator(8, 2, 0.1).dropped == ()  # round(4 · 0.9) = 4: nothing to drop (the run warns)
     with pytest.raises(OffsiteError, match=r"offsite.adapter_layers=2: the model has 4 decoder layers.*<= 1"):
         plan_emulator(4, 2, 0.5)
+    with pytest.raises(OffsiteError, match=r"at least 3 decoder layers .*this one has 2"):
+        plan_emulator(2, 1, 0.5)
 
 
 def _peft_tiny(k: int = 2, drop: float = 0.5):

@@ -51,10 +51,13 @@ def plan_emulator(num_layers: int, adapter_layers: int, drop_rate: float) -> Emu
         raise OffsiteError(f"offsite.adapter_layers={k}: the adapter needs at least one layer at each end")
     if not 0 <= drop_rate < 1:
         raise OffsiteError(f"offsite.drop_rate={drop_rate}: a share of the middle layers, 0 <= drop_rate < 1")
+    if num_layers < 3:
+        raise OffsiteError(f"offsite-tuning needs a model of at least 3 decoder layers (first, middle, last); this "
+                           f"one has {num_layers}")
     if 2 * k >= num_layers:
         raise OffsiteError(f"offsite.adapter_layers={k}: the model has {num_layers} decoder layers, so the first and "
                            f"last {k} leave no middle layer to drop; use offsite.adapter_layers <= "
-                           f"{max(math.ceil(num_layers / 2) - 1, 0)}")
+                           f"{math.ceil(num_layers / 2) - 1}")
     m = num_layers - 2 * k
     n = round(m * (1 - drop_rate))
     middle = [k + (i * (m - 1) // (n - 1) if n > 1 else 0) for i in range(n)]
