@@ -57,7 +57,8 @@ def main() -> None:
     for name, ts in times.items():
         results[name] = {"median_step_s": median(ts), "tokens_per_s": tokens / median(ts), "steps": len(ts)}
     results["bf16_over_fp32_speed"] = results["bf16"]["tokens_per_s"] / results["fp32"]["tokens_per_s"]
-    results["auto_picks"] = resolve_precision("auto", torch.device("cpu"))
+    auto, why = resolve_precision("auto", torch.device("cpu"), model, None)  # measured now, not cached
+    results["auto_picks"] = {"precision": auto, **why}
     results["shape"] = f"batch {args.batch} x {args.length} tokens, LoRA r=16 q/k/v/o"
     write_result("throughput", results)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -17,13 +19,52 @@ from fedllm.train.objectives import get_objective, token_loss_sum
 CPU = torch.device("cpu")
 
 
-def test_precision_auto_follows_the_hardware():
-    assert resolve_precision("auto", CPU, flags={"avx2", "avx512f", "avx512_bf16"}) == "fp32"  # bf16 slower there
-    assert resolve_precision("auto", CPU, flags={"avx512_bf16", "amx_bf16", "amx_tile"}) == "bf16"
-    assert resolve_precision("fp32", CPU, flags={"amx_bf16"}) == "fp32"
-    assert resolve_precision("bf16", CPU, flags=set()) == "bf16"
+def _shaped(hidden: int, inter: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(hidden_size=hidden, intermediate_size=inter))
+
+
+def test_precision_auto_decides_by_a_cached_measurement(tmp_path):
+    """`auto` on a CPU keeps the faster precision at the model's shapes, by a margin, records its timings
+    and why, and measures once per machine, torch and shapes (faked timings: the decision, not the clock)."""
+    from fedllm.models.calibration import CACHE_FILE, MARGIN, calibrate
+
+    calls = []
+
+    def timer(seconds):
+        def fake(precision, hidden, inter):
+            calls.append((precision, hidden, inter))
+            return seconds[precision]
+        return fake
+
+    big = _shaped(576, 1536)
+    slower = calibrate(big, tmp_path, timer({"fp32": 1.0, "bf16": 1.9}))  # the avx512_bf16 Xeon
+    assert slower.choice == "fp32" and slower.seconds == {"fp32": 1.0, "bf16": 1.9} and not slower.cached
+    assert "0.53x" in slower.reason and len(calls) == 4 and set(calls) == {("fp32", 576, 1536), ("bf16", 576, 1536)}
+    again = calibrate(big, tmp_path, timer({"fp32": 1.0, "bf16": 0.1}))  # cached: not measured again
+    assert again.choice == "fp32" and again.cached and len(calls) == 4
+    faster = calibrate(_shaped(960, 2560), tmp_path, timer({"fp32": 1.43, "bf16": 1.0}))  # Zen 5
+    assert faster.choice == "bf16" and "1.43x faster" in faster.reason
+    assert calibrate(_shaped(1024, 4096), None, timer({"fp32": MARGIN, "bf16": 1.0})).choice == "fp32"  # a tie: fp32
+    assert len(json.loads((tmp_path / CACHE_FILE).read_text())) == 2
+    (tmp_path / CACHE_FILE).write_text("{broken")  # a damaged cache is measured again, then repaired
+    assert calibrate(big, tmp_path, timer({"fp32": 2.0, "bf16": 1.0})).choice == "bf16"
+    assert len(json.loads((tmp_path / CACHE_FILE).read_text())) == 1
+    small = calibrate(_shaped(64, 256), tmp_path, timer({"fp32": 9.0, "bf16": 1.0}))
+    assert small.choice == "fp32" and "too small" in small.reason  # tiny models (tests) never autocast
+
+
+def test_precision_settings_and_where_auto_is_recorded(tmp_path, monkeypatch):
+    from fedllm.models import calibration
+
+    assert resolve_precision("fp32", CPU) == ("fp32", {"reason": "set by model.precision"})
+    assert resolve_precision("bf16", CPU)[0] == "bf16"
     with pytest.raises(ValueError, match="unknown precision"):
         resolve_precision("fp16", CPU)
+    monkeypatch.setattr(calibration, "time_block", lambda p, h, f: {"fp32": 3.0, "bf16": 1.0}[p])
+    name, why = resolve_precision("auto", CPU, _shaped(512, 2048), tmp_path)
+    assert name == "bf16" and why["seconds"] == {"fp32": 3.0, "bf16": 1.0} and "3.00x faster" in why["reason"]
     assert "sse2" in cpu_flags("processor : 0\nflags\t\t: fpu sse2 avx2\n")
 
 

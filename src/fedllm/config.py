@@ -25,7 +25,8 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = Field("smollm2-135m-instruct", description="HF model id, local dir, .gguf file, 'smollm2-135m-instruct' (embedded) or 'tiny' (random, tests)")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 only on CUDA with bf16 or CPUs with AMX, else fp32")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA with bf16; on a CPU, whichever a short cached calibration at the model's "
+                                                                          "shapes finds faster")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     gradient_checkpointing: bool = Field(False, description="trade ~40% speed for memory")
     revision: str | None = None

@@ -316,7 +316,8 @@ class Simulation:
                           adapter_parameters=self.slot.num_parameters(), adapter_bytes=self.adapter_bytes,
                           ffa_lora=bool(self.slot.frozen), offsite=self.offsite,
                           body_parameters=self.runtime.shape.body_params,
-                          precision=self.session.base.precision.name, device=str(self.session.base.device),
+                          precision=self.session.base.precision.name, precision_why=self.session.base.precision.why,
+                          device=str(self.session.base.device),
                           setup_seconds=self.setup_seconds)
             if self.dropped:
                 why = "; ".join(f"{n}: {reason}" for reason, n in sorted(self.drop_reasons.items()))

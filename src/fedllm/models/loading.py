@@ -11,6 +11,7 @@ import torch
 
 from fedllm.models import embedded
 from fedllm.models.precision import Precision, resolve_device, resolve_precision
+from fedllm.paths import cache_root
 
 
 class ModelError(ValueError):
@@ -48,7 +49,6 @@ def _from_pretrained(name: str, revision: str | None, trust_remote_code: bool, g
 def load_base_model(cfg: Any) -> BaseModel:
     """``cfg`` is a ``config.ModelConfig``. Weights are fp32; bf16 is applied as autocast at run time."""
     device = resolve_device(cfg.device)
-    precision = Precision(resolve_precision(cfg.precision, device), device)
     name = cfg.name
     if name.lower() in embedded.ALIASES:
         source = str(embedded.ensure_cached())
@@ -87,4 +87,5 @@ def load_base_model(cfg: Any) -> BaseModel:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     model.to(device)
-    return BaseModel(model=model, tokenizer=tokenizer, precision=precision, source=source)
+    name, why = resolve_precision(cfg.precision, device, model, cache_root())
+    return BaseModel(model=model, tokenizer=tokenizer, precision=Precision(name, device, why), source=source)

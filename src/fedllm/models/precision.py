@@ -1,14 +1,15 @@
 """Run-time choice of device and training precision.
 
-bf16 autocast trained SmolLM2-135M 2.5x faster than fp32 on a CPU with AMX and 1.9x slower on one
-with avx512_bf16 but no AMX, so ``auto`` picks bf16 only where the hardware does it well.
+bf16 autocast trained SmolLM2-135M 2.5x faster than fp32 on a CPU with AMX, 1.9x slower on one with
+avx512_bf16 but no AMX and 1.43x faster on a Zen 5, so on a CPU ``auto`` measures (``calibration``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,16 +36,21 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device, flags: set[str] | None = None) -> str:
-    """'fp32' or 'bf16' for this hardware; 'auto' picks bf16 on CUDA with bf16 and on AMX CPUs."""
+def resolve_precision(precision: str, device: torch.device, model: Any = None,
+                      cache_dir: Path | None = None) -> tuple[str, dict[str, Any]]:
+    """('fp32' | 'bf16', why) for this hardware: as set; on CUDA bf16 where supported; on a CPU, ``auto``
+    measures which is faster at ``model``'s shapes (``calibration.calibrate``, cached in ``cache_dir``)."""
     if precision in ("fp32", "bf16"):
-        return precision
+        return precision, {"reason": "set by model.precision"}
     if precision != "auto":
         raise ValueError(f"unknown precision {precision!r}; expected auto, fp32 or bf16")
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    flags = cpu_flags() if flags is None else flags
-    return "bf16" if "amx_bf16" in flags else "fp32"
+        ok = torch.cuda.is_bf16_supported()
+        return ("bf16" if ok else "fp32"), {"reason": f"CUDA {'with' if ok else 'without'} bf16 support"}
+    from fedllm.models.calibration import calibrate
+
+    found = calibrate(model, cache_dir)
+    return found.choice, found.record()
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Precision:
 
     name: str
     device: torch.device
+    why: dict[str, Any] | None = field(default=None, compare=False)  # how ``auto`` chose (timings), for the record
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.name == "bf16":
