@@ -16,6 +16,7 @@ from fedllm.data.formatting import get_template, prompt_text
 from fedllm.data.schema import Message
 from fedllm.eval.generation import Decoding, GenRequest, TextModel
 from fedllm.models.loading import load_base_model
+from fedllm.models.precision import Precision
 
 QUESTIONS = ["Write a Python function that reverses a string.", "Explain what a hash table is.",
              "Give three tips for writing clear emails.", "What causes the seasons on Earth?"]
@@ -26,23 +27,27 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--new", type=int, default=64, help="tokens generated per answer (no early stop)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16 (autocast), interleaved")
     args = ap.parse_args()
     base = load_base_model(ModelConfig(precision="fp32", device="cpu"))
-    lm = TextModel(base.model, base.tokenizer, base.precision, stop_token_ids=())
-    lm.stop_ids = set()  # measure exactly --new tokens per answer
+    names = args.precisions.split(",")
+    models = {n: TextModel(base.model, base.tokenizer, Precision(n, base.device), stop_token_ids=()) for n in names}
+    for lm in models.values():
+        lm.stop_ids = set()  # measure exactly --new tokens per answer
     tpl = get_template("chat", base.tokenizer)
     d = Decoding(temperature=0.0, max_new_tokens=args.new)
     sizes = [int(b) for b in args.batches.split(",")]
-    times: dict[int, list[float]] = {b: [] for b in sizes}
-    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every size alike
+    times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in sizes}
+    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every size and precision alike
         for b in sizes:
             reqs = [GenRequest(str(i), prompt_text([Message("user", QUESTIONS[i % 4])], tpl), d) for i in range(b)]
-            t0 = time.perf_counter()
-            lm.generate(reqs, batch_size=b)
-            times[b].append(time.perf_counter() - t0)
-    result = {str(b): {"seconds": times[b], "median_s": median(times[b]),
-                       "tokens_per_s": b * args.new / median(times[b])} for b in sizes}
-    write_result("generation", {"new_tokens": args.new, "by_batch": result})
+            for n, lm in models.items():
+                t0 = time.perf_counter()
+                lm.generate(reqs, batch_size=b)
+                times[n, b].append(time.perf_counter() - t0)
+    result = {n: {str(b): {"seconds": times[n, b], "median_s": median(times[n, b]),
+                           "tokens_per_s": b * args.new / median(times[n, b])} for b in sizes} for n in names}
+    write_result("generation", {"new_tokens": args.new, "by_precision_and_batch": result})
 
 
 if __name__ == "__main__":

@@ -179,3 +179,16 @@ def test_damaged_adapter_file_is_named(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(AdapterFileError, match=r"adapter_model.safetensors is damaged and cannot be read"):
         load_adapter_state(out)
+
+
+def test_evaluation_generates_in_fp32_on_a_cpu_under_auto_only():
+    """Decoding re-casts every weight per token under autocast: `auto` evaluates in fp32 on a CPU even where
+    bf16 trains faster; a precision the user set, and CUDA's, are kept."""
+    from fedllm.models.precision import evaluation_precision
+
+    trained = Precision("bf16", CPU, {"reason": "measured"})
+    assert evaluation_precision(trained, "auto").name == "fp32"
+    assert evaluation_precision(trained, "bf16") is trained
+    assert evaluation_precision(Precision("fp32", CPU), "auto").name == "fp32"
+    gpu = Precision("bf16", torch.device("cuda"))
+    assert evaluation_precision(gpu, "auto") is gpu

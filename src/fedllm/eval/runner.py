@@ -23,6 +23,7 @@ from rich.table import Table
 
 from fedllm.data.formatting import get_template
 from fedllm.eval.context import EvalContext, EvalError
+from fedllm.models.precision import evaluation_precision
 from fedllm.eval.generation import TextModel
 from fedllm.eval.metrics import get_metric
 from fedllm.eval.target import Target
@@ -110,13 +111,14 @@ def run_evaluation(targets: list[Target], settings: EvalSettings, console: Conso
             continue
         base, slot = _load_group(group)
         template = get_template(group[0].cfg.data.template, base.tokenizer)
-        text_model = TextModel(base.model, base.tokenizer, base.precision, _stop_ids(base.tokenizer))
+        precision = evaluation_precision(base.precision, group[0].cfg.model.precision)
+        text_model = TextModel(base.model, base.tokenizer, precision, _stop_ids(base.tokenizer))
         for t in group:
             todo = [m for tt, m in pending if tt is t]
             if not todo:
                 continue
             with _select(t, base, slot):
-                fp = _fingerprint(t, base.precision.name)
+                fp = _fingerprint(t, precision.name)
                 for m in todo:
                     ctx = EvalContext(metric=m.name, target=t, model=text_model, template=template, fingerprint=fp,
                                       out_dir=t.out_dir / m.name, options=settings.metric_options(m.name),
