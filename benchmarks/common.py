@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fedllm.models.precision import describe_cpu
+from fedllm.models.calibration import describe_cpu
 
 
 def machine() -> dict[str, Any]:

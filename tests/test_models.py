@@ -12,7 +12,8 @@ from fedllm.data.formatting import encode_sft, get_template
 from fedllm.data.schema import InstructionSample
 from fedllm.models.adapters import AdapterSlot, attach_adapter, load_adapter_state, save_adapter
 from fedllm.models.loading import ModelError, load_base_model
-from fedllm.models.precision import Precision, cpu_flags, resolve_precision
+from fedllm.models.calibration import cpu_flags
+from fedllm.models.precision import Precision, resolve_precision
 from fedllm.models.tiny import build_tiny_model, save_tiny
 from fedllm.train.objectives import get_objective, token_loss_sum
 

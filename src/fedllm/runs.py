@@ -40,6 +40,11 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise RunError(f"{path} cannot be read back: {e}") from None
 
 
+def started(run_dir: Path) -> bool:
+    """Whether a run directory holds a run begun earlier (so training it again means resuming it)."""
+    return (Path(run_dir) / CHECKPOINTS).is_dir() or (Path(run_dir) / METRICS).is_file()
+
+
 def is_grouped(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a grouped run (one run per group of clients)."""
     return (Path(run_dir) / GROUPS).is_file()

@@ -12,8 +12,6 @@ ones resumed.
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from fedllm.bench.tables import render
 from fedllm.bench.report import fairness_rows, load_run, print_fairness
 from fedllm.config import RunConfig, load_config
 from fedllm.jsonl import dumps, write_text_atomic
@@ -63,23 +62,12 @@ def collab_table(losses: dict[str, dict[str, float]], attribute: dict[str, str])
 
 def format_table(columns: list[str], table: dict[str, dict[str, float | None]], fmt: str) -> str:
     """The table as Markdown, LaTeX or CSV."""
-    cell = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["method", *columns])
-        for label, cells in table.items():
-            w.writerow([label, *("" if cells[c] is None else f"{cells[c]:.6f}" for c in columns)])
-        return buf.getvalue()
-    if fmt == "latex":
-        lines = ["\\begin{tabular}{l" + "r" * len(columns) + "}", "\\toprule",
-                 " & ".join(["Method", *(c.replace("_", "\\_") for c in columns)]) + " \\\\", "\\midrule"]
-        lines += [" & ".join([label, *(cell(cells[c]) for c in columns)]) + " \\\\" for label, cells in table.items()]
-        return "\n".join([*lines, "\\bottomrule", "\\end{tabular}"]) + "\n"
-    head = "| method | " + " | ".join(columns) + " |"
-    rule = "|---|" + "---:|" * len(columns)
-    body = ["| " + " | ".join([label, *(cell(cells[c]) for c in columns)]) + " |" for label, cells in table.items()]
-    return "\n".join([head, rule, *body]) + "\n"
+        rows = [[label, *("" if cells[c] is None else f"{cells[c]:.6f}" for c in columns)] for label, cells in table.items()]
+        return render(["method", *columns], rows, fmt)
+    cell = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = [[label, *(cell(cells[c]) for c in columns)] for label, cells in table.items()]
+    return render(["Method" if fmt == "latex" else "method", *columns], rows, fmt)
 
 
 def run_collab(config: Path | None, output_dir: Path, overrides: list[str], console: Console,
@@ -91,7 +79,7 @@ def run_collab(config: Path | None, output_dir: Path, overrides: list[str], cons
     from fedllm.engine.progress import Reporter
     from fedllm.engine.simulation import Session, Simulation
     from fedllm.eval.heldout import HeldoutEvaluator
-    from fedllm.runs import CHECKPOINTS, GROUPS, METRICS, SUMMARY, RunError, load_federation, run_clients
+    from fedllm.runs import GROUPS, SUMMARY, RunError, load_federation, run_clients, started
 
     configs = collab_configs(config, output_dir, overrides, by)
     base = configs[1][1]
@@ -118,7 +106,7 @@ def run_collab(config: Path | None, output_dir: Path, overrides: list[str], cons
         else:
             console.print(f"[bold]{label}[/]")
             Simulation(cfg, session=session, dataset=dataset, reporter=reporter, evaluator=evaluator()).run(
-                resume=(d / CHECKPOINTS).is_dir() or (d / METRICS).is_file())
+                resume=started(d))
         runs[label] = load_run(d)
     losses = {label: per_client_losses(run) for label, run in runs.items()}
     columns, table = collab_table(losses, attribute)

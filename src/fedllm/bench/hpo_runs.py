@@ -14,7 +14,7 @@ from typing import Any
 from fedllm.config import RunConfig, config_fingerprint
 from fedllm.data.schema import ClientData, FederatedDataset
 from fedllm.engine.progress import Reporter
-from fedllm.runs import CHECKPOINTS, METRICS, SUMMARY, RunError
+from fedllm.runs import SUMMARY, RunError, started
 from fedllm.seeding import derive_seed
 
 
@@ -106,7 +106,7 @@ class Trainer:
         reporter = _EvalHook(self.reporter, on_eval) if on_eval else self.reporter
         sim = Simulation(cfg, session=self._session_for(cfg), dataset=dataset, reporter=reporter,
                          evaluator=HeldoutEvaluator.from_config(cfg.eval))
-        return sim.run(resume=(d / CHECKPOINTS).is_dir() or (d / METRICS).is_file()), True
+        return sim.run(resume=started(d)), True
 
 
 def final_loss(summary: dict[str, Any]) -> float | None:

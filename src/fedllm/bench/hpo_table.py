@@ -3,8 +3,6 @@ rank, full-fidelity metric and rank), as Markdown, CSV and in the terminal."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from typing import Any
 
@@ -14,6 +12,7 @@ from rich.table import Table
 
 from fedllm.bench.hpo_space import SearchSpace
 from fedllm.bench.rankcorr import average_ranks
+from fedllm.bench.tables import render
 
 
 def _state(t: Any) -> str:
@@ -78,29 +77,29 @@ def corr_line(corr: dict[str, Any]) -> str:
     return f"Spearman ρ = {rho}, Kendall τ = {tau} between the two rankings ({corr['n']} configurations; 1: same order)"
 
 
-def format_table(rows: list[dict[str, Any]], keys: list[str], low_name: str, final_name: str | None, fmt: str,
+def format_table(rows_in: list[dict[str, Any]], keys: list[str], low_name: str, final_name: str | None, fmt: str,
                  corr: dict[str, Any]) -> str:
     """Markdown (with the correlation line under it) or CSV."""
-    head = ["trial", *keys, "status", low_name, "rank"] + ([final_name, "final rank"] if final_name else [])
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["trial", *keys, "status", low_name, "val_rank"] + ([final_name, "final_rank"] if final_name else []))
-        for r in rows:
+        rows = []
+        for r in rows_in:
             cells = [f"{r['trial']:03d}", *(_value(r["params"].get(k, "")) for k in keys), _status(r),
                      "" if r["val_loss"] is None else f"{r['val_loss']:.6f}", "" if r["val_rank"] is None else f"{r['val_rank']:g}"]
             if final_name:
                 cells += ["" if r["final"] is None else f"{r['final']:.6f}", "" if r["final_rank"] is None else f"{r['final_rank']:g}"]
-            w.writerow(cells)
-        return buf.getvalue()
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * (len(keys) + 2) + "---:|---:|" + ("---:|---:|" if final_name else "")]
-    for r in rows:
+            rows.append(cells)
+        return render(["trial", *keys, "status", low_name, "val_rank"] + ([final_name, "final_rank"] if final_name else []),
+                      rows, fmt)
+    rows = []
+    for r in rows_in:
         cells = [f"{r['trial']:03d}", *(_value(r["params"].get(k, "")) for k in keys), _status(r), _num(r["val_loss"]),
                  _rank_text(r["val_rank"])]
         if final_name:
             cells += [_num(r["final"]), _rank_text(r["final_rank"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + ("\n\n" + corr_line(corr) if final_name else "") + "\n"
+        rows.append(cells)
+    table = render(["trial", *keys, "status", low_name, "rank"] + ([final_name, "final rank"] if final_name else []),
+                   rows, fmt, left=len(keys) + 2)
+    return table + ("\n" + corr_line(corr) + "\n" if final_name else "")
 
 
 def print_table(rows: list[dict[str, Any]], keys: list[str], low_name: str, final_name: str | None,

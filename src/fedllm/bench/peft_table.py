@@ -8,8 +8,6 @@ directions), seconds per local step and the pooled held-out loss before the firs
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedllm.bench.report import load_run
+from fedllm.bench.tables import render
 from fedllm.config import ConfigError, RunConfig, load_config
 from fedllm.jsonl import dumps, write_text_atomic
 
@@ -75,21 +74,8 @@ def _cell(key: str, v: Any) -> str:
 def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     """The table as Markdown, LaTeX or CSV (CSV keeps raw numbers)."""
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
-        w.writeheader()
-        w.writerows([{k: r[k] for k in COLUMNS} for r in rows])
-        return buf.getvalue()
-    cells = [[_cell(k, r[k]) for k in COLUMNS] for r in rows]
-    if fmt == "latex":
-        esc = lambda t: t.replace("%", "\\%").replace("_", "\\_")  # noqa: E731
-        lines = ["\\begin{tabular}{l" + "r" * (len(COLUMNS) - 1) + "}", "\\toprule",
-                 " & ".join(esc(c) for c in COLUMNS) + " \\\\", "\\midrule"]
-        lines += [" & ".join(esc(c) for c in row) + " \\\\" for row in cells]
-        return "\n".join([*lines, "\\bottomrule", "\\end{tabular}"]) + "\n"
-    head = "| " + " | ".join(COLUMNS) + " |"
-    rule = "|---|" + "---:|" * (len(COLUMNS) - 1)
-    return "\n".join([head, rule, *("| " + " | ".join(row) + " |" for row in cells)]) + "\n"
+        return render(list(COLUMNS), [["" if r[k] is None else str(r[k]) for k in COLUMNS] for r in rows], fmt)
+    return render(list(COLUMNS), [[_cell(k, r[k]) for k in COLUMNS] for r in rows], fmt)
 
 
 def run_peft_table(config: Path | None, output_dir: Path, overrides: list[str], console: Console,
@@ -98,7 +84,7 @@ def run_peft_table(config: Path | None, output_dir: Path, overrides: list[str], 
     from fedllm.engine.progress import Reporter
     from fedllm.engine.simulation import Simulation
     from fedllm.eval.heldout import HeldoutEvaluator
-    from fedllm.runs import CHECKPOINTS, METRICS, SUMMARY, load_federation
+    from fedllm.runs import SUMMARY, load_federation, started
 
     configs = method_configs(config, output_dir, overrides, list(methods or DEFAULT_METHODS))
     dataset = load_federation(configs[0][1])
@@ -113,7 +99,7 @@ def run_peft_table(config: Path | None, output_dir: Path, overrides: list[str], 
         else:
             console.print(f"[bold]{method}[/]")
             Simulation(cfg, dataset=dataset, reporter=reporter, evaluator=HeldoutEvaluator.from_config(cfg.eval)).run(
-                resume=(d / CHECKPOINTS).is_dir() or (d / METRICS).is_file())
+                resume=started(d))
         rows.append(table_row(method, load_run(d)))
     out = Table(title="PEFT methods: held-out loss and message size (per client and round)", box=box.SIMPLE_HEAD,
                 caption="start: the initial adapter (LoRA, DoRA and IA³ start at the base model exactly)")

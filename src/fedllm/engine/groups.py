@@ -26,7 +26,7 @@ from fedllm.engine.simulation import Evaluator, Session, Simulation
 from fedllm.eval.heldout import ClientSums, pool
 from fedllm.fairness import spread
 from fedllm.jsonl import dumps, write_text_atomic
-from fedllm.runs import CHECKPOINTS, CONFIG, GROUPS, GROUPS_DIR, METRICS, SUMMARY, RunError, load_federation, run_clients
+from fedllm.runs import CONFIG, GROUPS, GROUPS_DIR, METRICS, SUMMARY, RunError, load_federation, run_clients, started
 
 
 def slug(name: str, taken: set[str]) -> str:
@@ -113,7 +113,7 @@ class GroupedRun:
                          evaluator=self.evaluator() if self.evaluator else None,
                          allow_config_change=self.allow_config_change)
         try:
-            return sim.run(resume=(sub.run_dir / CHECKPOINTS).is_dir() or (sub.run_dir / METRICS).is_file())
+            return sim.run(resume=started(sub.run_dir))
         except RunError as e:
             raise RunError(f"group {name}: {e}") from None
 

@@ -40,6 +40,35 @@ class Calibration:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where unavailable, e.g. macOS)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def describe_cpu() -> str:
+    """A short CPU name for benchmark records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                f = cpu_flags()
+                feats = [x for x in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if x in f]
+                return f"{name} ({', '.join(feats) or 'no avx2'}; {torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def shapes_of(model: Any) -> tuple[int, int]:
     """(hidden size, feed-forward size) of a causal LM's config (through peft)."""
     cfg = getattr(model, "config", None)
@@ -49,8 +78,6 @@ def shapes_of(model: Any) -> tuple[int, int]:
 
 def machine_key(hidden: int, inter: int) -> str:
     """What a calibration holds for: this CPU, its thread count, this torch, these shapes."""
-    from fedllm.models.precision import describe_cpu
-
     return f"{describe_cpu()}|torch {torch.__version__}|d={hidden},f={inter}"
 
 

@@ -14,19 +14,6 @@ from typing import Any
 import torch
 
 
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where unavailable, e.g. macOS)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,20 +62,3 @@ def evaluation_precision(chosen: Precision, setting: str) -> Precision:
         return Precision("fp32", chosen.device, {"reason": "auto on a CPU: decoding is faster in fp32 than under bf16 "
                                                            "autocast, which re-casts every weight each step"})
     return chosen
-
-
-def describe_cpu() -> str:
-    """A short CPU name for benchmark records."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                f = cpu_flags()
-                feats = [x for x in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if x in f]
-                return f"{name} ({', '.join(feats) or 'no avx2'}; {torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-

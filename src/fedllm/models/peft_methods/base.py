@@ -63,10 +63,7 @@ def missing_modules(model: Any, wanted: list[str], key: str) -> str | None:
     return f"{key} {unknown} not found in the model; its linear layers are {linear}"
 
 
-def kaiming_linear(current: Tensor, generator: torch.Generator, bias: bool = False, fan_in: int | None = None) -> Tensor:
-    """nn.Linear's default initialisation (kaiming-uniform a=√5 weights, U(±1/√fan_in) biases), seeded."""
+def kaiming_linear(current: Tensor, generator: torch.Generator) -> Tensor:
+    """nn.Linear's default weight initialisation (kaiming-uniform, a=√5), seeded."""
     t = torch.empty(current.shape, dtype=torch.float32)
-    if not bias:
-        return nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=generator)
-    bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
-    return nn.init.uniform_(t, -bound, bound, generator=generator)
+    return nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=generator)

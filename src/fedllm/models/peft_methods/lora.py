@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fedllm.fl.state import is_lora_a
-from fedllm.models.peft_methods.base import PeftMethod, missing_modules, register_peft_method
+from fedllm.models.peft_methods.base import PeftMethod, kaiming_linear, missing_modules, register_peft_method
 
 
 @register_peft_method("lora")
@@ -32,8 +31,7 @@ class LoRA(PeftMethod):
     def initial(self, key: str, current: Tensor, model: Any, generator: torch.Generator) -> Tensor | None:
         if not is_lora_a(key):
             return None  # B = 0 (and DoRA's magnitudes, the column norms of W) as peft set them
-        t = torch.zeros(current.shape, dtype=torch.float32)
-        return nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=generator)
+        return kaiming_linear(current, generator)
 
 
 @register_peft_method("dora")
