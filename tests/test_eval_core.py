@@ -444,3 +444,33 @@ def test_ref_judge_fedllm_bench_preset_uses_the_papers_prompt_and_settings(tiny_
     user = theirs["messages"][1]["content"]
     assert user.startswith("[Instruction]\nPlease act as an impartial judge") and user.endswith("[Reference]\nLima.")
     assert budgets == [256, 1024]
+
+
+def test_growing_kv_layer_holds_what_concatenation_would():
+    """The decoding cache appends in place (doubling its buffers) instead of re-copying the cache per token:
+    its keys and values equal torch.cat's at every step, and dropping rows keeps the right ones."""
+    from fedllm.eval.kv_cache import GrowingLayer
+
+    torch.manual_seed(0)
+    layer, ks, vs = GrowingLayer(capacity=0), [], []
+    for n in (5, 1, 1, 3, 1, 1, 1):  # a prompt, then tokens: the buffers grow past their capacity twice
+        k, v = torch.randn(3, 2, n, 4), torch.randn(3, 2, n, 4)
+        ks.append(k), vs.append(v)
+        got_k, got_v = layer.update(k, v)
+        assert torch.equal(got_k, torch.cat(ks, dim=-2)) and torch.equal(got_v, torch.cat(vs, dim=-2))
+    assert layer.get_seq_length() == 13 and layer._k.shape[-2] >= 13
+    layer.batch_select_indices(torch.tensor([0, 2]))
+    assert torch.equal(layer.keys, torch.cat(ks, dim=-2)[[0, 2]])
+    k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    got_k, _ = layer.update(k, v)
+    assert torch.equal(got_k, torch.cat([torch.cat(ks, dim=-2)[[0, 2]], k], dim=-2))
+
+
+def test_generation_is_the_same_with_transformers_own_cache(tiny_lm, monkeypatch):
+    from fedllm.eval import generation
+
+    d = Decoding(temperature=0.0, max_new_tokens=24)
+    reqs = [GenRequest(str(i), p, d) for i, p in enumerate(_prompts(tiny_lm))]
+    ours = tiny_lm.generate(reqs, batch_size=4)
+    monkeypatch.setattr(generation, "growing_cache", lambda config, capacity: None)  # the model's DynamicCache
+    assert tiny_lm.generate(reqs, batch_size=4) == ours

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from fedllm.eval.kv_cache import growing_cache
 from fedllm.models.peft_methods.virtual import decoding_start, input_logits
 from fedllm.models.precision import Precision
 
@@ -133,13 +134,15 @@ class TextModel:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         step, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens (prompt learning)
         past, step_pos = first.pop("past_key_values", None), first.pop("position_ids")
+        if past is None:  # appends in place instead of re-copying the whole cache at every step
+            past = growing_cache(self.model.config, width + max_new_tokens)
         first.pop("attention_mask")
         step_ids = ids
         active = list(range(len(batch)))  # rows still generating, in cache order
         for _ in range(max_new_tokens):
             with self.precision.autocast():
                 out = step(**(first or {"input_ids": step_ids}), attention_mask=mask, position_ids=step_pos,
-                           past_key_values=past, use_cache=True)
+                           past_key_values=past, use_cache=True, logits_to_keep=1)
             first = {}
             past = out.past_key_values
             logits = out.logits[:, -1, :].float().cpu()
@@ -193,7 +196,7 @@ class TextModel:
         self.model.eval()
         try:
             if all(len(c) == 1 for c in conts):
-                logp = self._logprobs(ctx)[-1]
+                logp = self._logprobs(ctx, last_only=True)[-1]
                 return [float(logp[c[0]]) for c in conts]
             scores = []
             for c in conts:
@@ -203,8 +206,8 @@ class TextModel:
         finally:
             self.model.train(was_training)
 
-    def _logprobs(self, ids: list[int]) -> torch.Tensor:
+    def _logprobs(self, ids: list[int], last_only: bool = False) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.precision.device)
         with self.precision.autocast():
-            logits = input_logits(self.model, x)[0]
+            logits = input_logits(self.model, x, last_only=last_only)[0]
         return torch.log_softmax(logits.float(), dim=-1).cpu()

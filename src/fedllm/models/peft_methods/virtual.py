@@ -18,9 +18,12 @@ def virtual_tokens(model: Any) -> int:
     return int(cfg.num_virtual_tokens)
 
 
-def input_logits(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    """Logits at the input's own positions (a prompt-tuned model also returns its virtual tokens')."""
-    kw = {"attention_mask": attention_mask} if attention_mask is not None else {}
+def input_logits(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None, last_only: bool = False) -> Tensor:
+    """Logits at the input's own positions (a prompt-tuned model also returns its virtual tokens');
+    ``last_only``: at the last position only, so the LM head skips every other one."""
+    kw: dict[str, Any] = {"attention_mask": attention_mask} if attention_mask is not None else {}
+    if last_only:
+        return model(input_ids=input_ids, logits_to_keep=1, **kw).logits
     logits = model(input_ids=input_ids, **kw).logits
     return logits[:, -input_ids.shape[1]:] if virtual_tokens(model) else logits
 

@@ -1,0 +1,102 @@
+"""A KV cache for decoding that appends in place.
+
+transformers' ``DynamicLayer`` appends a token with ``torch.cat``, which copies the whole cache at
+every step: O(L²) memory traffic per answer, a fifth of decoding time at 32 new tokens and most of it
+after an 8-shot prompt. ``GrowingLayer`` keeps buffers with spare capacity (doubling when full) and
+hands attention views of the filled part, so attention sees the same keys and values and the
+answers do not change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+try:  # transformers >= 4.54 builds caches from layers
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+except ImportError:  # pragma: no cover - older transformers: the model's own cache is used
+    DynamicCache = DynamicLayer = None  # type: ignore[assignment,misc]
+
+
+class GrowingLayer(DynamicLayer):  # type: ignore[misc,valid-type]
+    """One decoder layer's keys and values in buffers of spare capacity, shape [batch, heads, capacity, dim]."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._capacity = capacity
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._n = 0
+        super().__init__()
+
+    # ``keys``/``values`` are what transformers reads and assigns (select rows, reorder, offload)
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self._k is None else self._k[:, :, :self._n]
+
+    @keys.setter
+    def keys(self, t: torch.Tensor | None) -> None:
+        self._k, self._n = t, (0 if t is None or t.dim() < 3 else t.shape[-2])
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[:, :, :self._n]
+
+    @values.setter
+    def values(self, t: torch.Tensor | None) -> None:
+        self._v = t
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor | None = None) -> None:
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        new = key_states.shape[-2]
+        if self._k is None or self._k.dim() < 3 or self._n + new > self._k.shape[-2]:
+            self._grow(key_states, value_states, self._n + new)
+        self._k[:, :, self._n:self._n + new] = key_states
+        self._v[:, :, self._n:self._n + new] = value_states  # type: ignore[index]
+        self._n += new
+        return self.keys, self.values  # type: ignore[return-value]
+
+    def _grow(self, k: torch.Tensor, v: torch.Tensor, need: int) -> None:
+        """New buffers of at least ``need`` positions (and twice the old capacity), the filled part copied."""
+        old = 0 if self._k is None or self._k.dim() < 3 else self._k.shape[-2]
+        cap = max(need, 2 * old, self._capacity)
+        b, h, _, d = k.shape
+        nk = k.new_empty((b, h, cap, d))
+        nv = v.new_empty((b, v.shape[1], cap, v.shape[-1]))
+        if self._n:
+            nk[:, :, :self._n] = self.keys
+            nv[:, :, :self._n] = self.values
+        self._k, self._v = nk, nv
+
+    def get_seq_length(self) -> int:
+        return self._n if self.is_initialized else 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only these rows (answers that finished leave the batch); capacity is kept."""
+        if self._n:
+            self._k, self._v = self._k[indices], self._v[indices]  # type: ignore[index]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0 and self.is_initialized:
+            self._n = max(0, self._n + tokens_to_remove)
+
+
+def growing_cache(config: Any, capacity: int) -> Any:
+    """A cache for one batch of answers: the model's own layer types, with full-attention layers growing in
+    place (``capacity`` positions preallocated); None where transformers cannot take one."""
+    if DynamicCache is None:
+        return None
+    try:
+        cache = DynamicCache(config=config)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return None
+    if not cache.layers:  # an older layout: layers appear lazily
+        return None
+    cache.layers = [GrowingLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
