@@ -109,6 +109,9 @@ def quickstart(
                                                          "or runs/quickstart-dpo)"),
     task: str = typer.Option("sft", "--task", help="sft: instruction tuning, judged by held-out loss; dpo: preference "
                                                    "alignment, judged by held-out reward accuracy"),
+    paired_samples: int = typer.Option(8, "--paired-samples", min=0,
+                                       help="held-out samples per client on which both final adapters are "
+                                            "compared pairwise, with confidence intervals (0: skip)"),
     overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides applied to both runs"),
 ) -> None:
     """Local vs FedAvg on Fed-PyCode with the embedded model, judged on every client's held-out data."""
@@ -118,7 +121,7 @@ def quickstart(
     if task not in TASKS:
         raise ConfigError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
     out = output_dir or Path("runs/quickstart" + ("" if task == "sft" else f"-{task}"))
-    run_quickstart(out, overrides or [], console, task)
+    run_quickstart(out, overrides or [], console, task, paired_samples)
 
 
 @app.command("dp-sweep")

@@ -13,13 +13,57 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from typing import Any
+
 from rich.console import Console
+from rich.table import Table
 
 from fedllm.bench.report import comparison_rows, load_run, plot_heldout, print_comparison, print_history
+from fedllm.bench.paired import PairedComparison, describe, paired_comparison
 from fedllm.config import RunConfig, load_config
+from fedllm.jsonl import write_json_atomic
+from fedllm.progress import progress_bar
 
 
 TASKS = {"sft": "quickstart.yaml", "dpo": "quickstart-dpo.yaml"}
+PAIRED_SAMPLES = 8  # held-out samples per client in the final paired comparison (~170 of Fed-PyCode's 412)
+PAIRED_FILE = "paired.json"
+
+
+def paired_heldout(sim: Any, run_dirs: list[Path], per_client: int, console: Console) -> PairedComparison | None:
+    """Score the final adapters of two runs (A, B) on the same held-out samples, one loss per sample, and
+    compare them pairwise; None when ``per_client`` is 0. ``sim`` is a finished run that shares their model."""
+    from fedllm.eval.heldout import HeldoutEvaluator, sample_losses
+    from fedllm.models.adapters import load_adapter_state
+
+    if per_client <= 0:
+        return None
+    slot, task, precision = sim.slot, sim.task, sim.session.base.precision
+    ev = HeldoutEvaluator(sim.cfg.eval.batch_size, per_client)
+    ev.prepare(task, precision, sim.fleet.tests(sim.client_ids))
+    n = sum(len(f) for f in ev.features.values())
+    losses = []
+    with progress_bar(console, f"paired held-out evaluation ({n} samples, {len(ev.features)} clients)",
+                      n * len(run_dirs)) as advance:
+        for run_dir in run_dirs:
+            slot.load(slot.trainable(slot.from_saved(load_adapter_state(run_dir / "adapter"))))
+            losses.append(sample_losses(slot.model, task.objective, ev.features, task.pad_id, precision,
+                                        ev.batch_size))
+            advance(n)
+    return paired_comparison(losses[0], losses[1])
+
+
+def print_paired(c: PairedComparison, a: str, b: str, console: Console) -> None:
+    """The paired comparison as a table row and the sentence that says what it means."""
+    table = Table(title=f"Paired comparison on the same held-out samples ({a} − {b}; negative: {a} is better)",
+                  caption="per-sample mean loss; the client CI and the sign-flip p treat clients as the independent unit")
+    for col in ("samples", "clients", "mean Δ", "95% CI (samples)", "95% CI (clients)", "p (clients)", f"{a} better"):
+        table.add_column(col, justify="right")
+    table.add_row(str(c.n_samples), str(c.n_clients), f"{c.mean_diff:+.4f}",
+                  f"{c.sample_ci[0]:+.4f} … {c.sample_ci[1]:+.4f}", f"{c.client_ci[0]:+.4f} … {c.client_ci[1]:+.4f}",
+                  f"{c.p_value:.3g}", f"{c.a_better}/{c.n_samples}")
+    console.print(table)
+    console.print(describe(c, a, b))
 
 
 def quickstart_configs(output_dir: Path, overrides: list[str], task: str = "sft") -> tuple[RunConfig, RunConfig]:
@@ -31,9 +75,11 @@ def quickstart_configs(output_dir: Path, overrides: list[str], task: str = "sft"
     return fedavg, local
 
 
-def run_quickstart(output_dir: Path, overrides: list[str], console: Console, task: str = "sft") -> None:
+def run_quickstart(output_dir: Path, overrides: list[str], console: Console, task: str = "sft",
+                   paired_samples: int = PAIRED_SAMPLES) -> None:
     """Train Local and FedAvg with the same budget, evaluate both on every client's held-out data, and
-    say which wins: by held-out loss (sft) or by held-out reward accuracy (dpo)."""
+    say which wins: by held-out loss (sft) or by held-out reward accuracy (dpo), and whether the
+    difference exceeds its noise (a paired comparison on up to ``paired_samples`` per client; 0: none)."""
     from fedllm.engine.progress import Reporter
     from fedllm.engine.simulation import Session, Simulation
     from fedllm.eval.heldout import HeldoutEvaluator
@@ -55,11 +101,13 @@ def run_quickstart(output_dir: Path, overrides: list[str], console: Console, tas
     console.print(f"  model {session.base.source} ({session.base.precision.name}), "
                   f"LoRA {session.slot.num_parameters():,} trainable parameters")
     reporter = Reporter(console=console)
-    for cfg in (local_cfg, fedavg_cfg):
-        Simulation(cfg, session=session, dataset=dataset, reporter=reporter,
-                   evaluator=HeldoutEvaluator.from_config(cfg.eval)).run()
+    sims = [Simulation(cfg, session=session, dataset=dataset, reporter=reporter,
+                       evaluator=HeldoutEvaluator.from_config(cfg.eval)) for cfg in (local_cfg, fedavg_cfg)]
+    for sim in sims:
+        sim.run()
     runs = [load_run(local_cfg.run_dir), load_run(fedavg_cfg.run_dir)]
     rows = comparison_rows(runs)
+    paired = paired_heldout(sims[1], [fedavg_cfg.run_dir, local_cfg.run_dir], paired_samples, console)
     if task == "dpo":
         print_comparison(rows, console, title="Held-out preference pairs of every client (DPO)")
         print_history(runs, "reward_accuracy", "held-out reward accuracy by round (higher is better)", console)
@@ -77,5 +125,8 @@ def run_quickstart(output_dir: Path, overrides: list[str], console: Console, tas
         local_loss, fed_loss = rows[0]["heldout_loss"], rows[1]["heldout_loss"]
         verdict = "beats" if fed_loss < local_loss else "does NOT beat"
         console.print(f"FedAvg {verdict} Local on held-out data of all clients: {fed_loss:.4f} vs {local_loss:.4f}")
+    if paired is not None:
+        print_paired(paired, "FedAvg", "Local", console)
+        write_json_atomic(output_dir / PAIRED_FILE, paired.to_dict())
     console.print(f"plot: {plot}\nruns: {local_cfg.run_dir}, {fedavg_cfg.run_dir}  "
                   f"(compare again with `fedllm report {local_cfg.run_dir} {fedavg_cfg.run_dir}`)")

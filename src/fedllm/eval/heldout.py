@@ -4,7 +4,7 @@ training engine's evaluation callback (``HeldoutEvaluator``)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,31 +45,50 @@ class ClientSums:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-@torch.no_grad()
+def _batches(model: Any, objective: Objective, features: dict[str, list[dict[str, Any]]], pad_id: int,
+             precision: Precision, batch_size: int) -> Iterator[tuple[str, list[int], dict[str, Any]]]:
+    """(client id, feature indices, batch on the device) for every client's held-out features, batched by
+    length within the client, with the model in eval mode and gradients off while the caller computes."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for cid, feats in features.items():
+                objective.begin_eval(model, feats, pad_id, precision, batch_size)
+                order = sorted(range(len(feats)), key=lambda i: objective.length(feats[i]))
+                for j in range(0, len(order), batch_size):
+                    chunk = order[j:j + batch_size]
+                    yield cid, chunk, to_device(objective.collate([feats[i] for i in chunk], pad_id), precision.device)
+    finally:
+        model.train(was_training)
+
+
 def heldout_sums(model: Any, objective: Objective, features: dict[str, list[dict[str, Any]]], pad_id: int,
                  precision: Precision, batch_size: int = 8) -> dict[str, ClientSums]:
     """The objective's summed loss (and statistics) of ``model`` on each client's encoded test features;
     clients with no loss unit are left out."""
-    was_training = model.training
-    model.eval()
-    out: dict[str, ClientSums] = {}
-    try:
-        for cid, feats in features.items():
-            objective.begin_eval(model, feats, pad_id, precision, batch_size)
-            order = sorted(range(len(feats)), key=lambda i: objective.length(feats[i]))
-            c = ClientSums(0.0, 0)
-            for j in range(0, len(order), batch_size):
-                batch = to_device(objective.collate([feats[i] for i in order[j:j + batch_size]], pad_id), precision.device)
-                with precision.autocast():
-                    loss_sum, units, stats = objective.loss_stats(model, batch)
-                c.loss += float(loss_sum)
-                c.units += units
-                for k, v in stats.items():
-                    c.stats[k] = c.stats.get(k, 0.0) + v
-            if c.units:
-                out[cid] = c
-    finally:
-        model.train(was_training)
+    sums = {cid: ClientSums(0.0, 0) for cid in features}
+    for cid, _, batch in _batches(model, objective, features, pad_id, precision, batch_size):
+        with precision.autocast():
+            loss_sum, units, stats = objective.loss_stats(model, batch)
+        c = sums[cid]
+        c.loss += float(loss_sum)
+        c.units += units
+        for k, v in stats.items():
+            c.stats[k] = c.stats.get(k, 0.0) + v
+    return {cid: c for cid, c in sums.items() if c.units}
+
+
+def sample_losses(model: Any, objective: Objective, features: dict[str, list[dict[str, Any]]], pad_id: int,
+                  precision: Precision, batch_size: int = 8) -> dict[str, list[float]]:
+    """Each held-out sample's own mean loss, per client in feature order: the unit of a paired comparison
+    of two models on the same samples (``fedllm.bench.paired``)."""
+    out = {cid: [float("nan")] * len(feats) for cid, feats in features.items()}
+    for cid, chunk, batch in _batches(model, objective, features, pad_id, precision, batch_size):
+        with precision.autocast():
+            losses = objective.sample_losses(model, batch)
+        for i, v in zip(chunk, losses.tolist()):
+            out[cid][i] = v
     return out
 
 

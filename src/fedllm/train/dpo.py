@@ -145,8 +145,8 @@ class DPO(Objective):
                 features[i]["ref_logps"] = (c, r)
 
     # ----- the loss
-    def loss_stats(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int, dict[str, float]]:
-        """Summed DPO loss over the pairs, their count, and reward statistics summed over them."""
+    def _pair_losses(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per pair: the DPO loss, the chosen reward and the rejected reward."""
         if "ref_chosen_logps" in batch:
             ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         else:  # evaluation: the base model is the reference
@@ -154,7 +154,14 @@ class DPO(Objective):
         policy_c, policy_r = sequence_logps(model, pair_batch(batch)).chunk(2)
         chosen_rewards = self.beta * (policy_c - ref_c)
         rejected_rewards = self.beta * (policy_r - ref_r)
-        losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
+        return -F.logsigmoid(chosen_rewards - rejected_rewards), chosen_rewards, rejected_rewards
+
+    def sample_losses(self, model: Any, batch: dict[str, Tensor]) -> Tensor:
+        return self._pair_losses(model, batch)[0]
+
+    def loss_stats(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int, dict[str, float]]:
+        """Summed DPO loss over the pairs, their count, and reward statistics summed over them."""
+        losses, chosen_rewards, rejected_rewards = self._pair_losses(model, batch)
         c, r = chosen_rewards.detach(), rejected_rewards.detach()
         stats = {"reward_accuracy": float((c > r).float().sum()), "chosen_reward": float(c.sum()),
                  "rejected_reward": float(r.sum()), "margin": float((c - r).sum())}
