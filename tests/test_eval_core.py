@@ -68,9 +68,9 @@ def test_sampling_depends_on_item_seed_not_on_batch(tiny_lm):
     mixed = [GenRequest(str(i), r.prompt, Decoding(temperature=t, max_new_tokens=10), seed=100 + i)
              for i, (r, t) in enumerate(zip(reqs, (0.0, 0.7, 1.0, 0.1)))]
     batches = []
-    real = TextModel._generate_batch
+    real = TextModel._prefill
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(TextModel, "_generate_batch", lambda self, b, *a: batches.append(len(b)) or real(self, b, *a))
+        mp.setattr(TextModel, "_prefill", lambda self, b, *a: batches.append(len(b)) or real(self, b, *a))
         together = tiny_lm.generate(mixed, batch_size=4)
     assert batches == [4]
     assert together == [tiny_lm.generate([r])[0] for r in mixed]
@@ -219,7 +219,7 @@ def test_an_interrupted_generation_resumes_from_its_items(tiny_run, tmp_path, mo
     targets = resolve_targets([str(tiny_run)], out_root=tmp_path)
     settings = EvalSettings(metrics=["gsm8k"], data_dir=FIXTURES, options={"*": {"max_new_tokens": 6}}, redo=True)
     calls = []
-    real = TextModel._generate_batch
+    real = TextModel._prefill
 
     def dying(self, batch, *args):
         calls.append(len(batch))
@@ -227,12 +227,12 @@ def test_an_interrupted_generation_resumes_from_its_items(tiny_run, tmp_path, mo
             raise KeyboardInterrupt
         return real(self, batch, *args)
 
-    monkeypatch.setattr(TextModel, "_generate_batch", dying)
+    monkeypatch.setattr(TextModel, "_prefill", dying)
     with pytest.raises(KeyboardInterrupt):
         run_evaluation(targets, EvalSettings(**{**settings.__dict__, "batch_size": 1}))
-    monkeypatch.setattr(TextModel, "_generate_batch", real)
+    monkeypatch.setattr(TextModel, "_prefill", real)
     seen = []
-    monkeypatch.setattr(TextModel, "_generate_batch", lambda self, b, *a: seen.append(len(b)) or real(self, b, *a))
+    monkeypatch.setattr(TextModel, "_prefill", lambda self, b, *a: seen.append(len(b)) or real(self, b, *a))
     rows = run_evaluation(targets, EvalSettings(**{**settings.__dict__, "batch_size": 1}))
     n_test = len((FIXTURES / "gsm8k" / "test.jsonl").read_text().splitlines())
     assert len(seen) == n_test - 1  # the item finished before the kill is not redone
@@ -474,3 +474,21 @@ def test_generation_is_the_same_with_transformers_own_cache(tiny_lm, monkeypatch
     ours = tiny_lm.generate(reqs, batch_size=4)
     monkeypatch.setattr(generation, "growing_cache", lambda config, capacity: None)  # the model's DynamicCache
     assert tiny_lm.generate(reqs, batch_size=4) == ours
+
+
+def test_waiting_requests_take_the_places_of_finished_rows(tiny_lm, monkeypatch):
+    """Continuous batching: when a row ends, a waiting request is prefilled and joins the running batch
+    (its cache left-padded); every answer, greedy or sampled, is still the one its prompt gets alone."""
+    p = _prompts(tiny_lm) * 2
+    full = [tiny_lm.generate([GenRequest(str(i), q, Decoding(max_new_tokens=20))])[0] for i, q in enumerate(p)]
+    stops = tuple(f[3 + i: 5 + i] for i, f in enumerate(full) if len(f) > 10)
+    reqs = [GenRequest(str(i), q, Decoding(temperature=0.0 if i % 2 else 0.8, max_new_tokens=20, stop=stops),
+                       seed=i) for i, q in enumerate(p)]
+    alone = [tiny_lm.generate([r])[0] for r in reqs]
+    entered, handed = [], []
+    real = TextModel._prefill
+    monkeypatch.setattr(TextModel, "_prefill", lambda self, b, *a: entered.append(len(b)) or real(self, b, *a))
+    together = tiny_lm.generate(reqs, batch_size=3, on_done=lambda r, t: handed.append(r.key))
+    assert together == alone
+    assert entered[0] == 3 and len(entered) > 2 and sum(entered) == len(reqs)  # rows joined a running batch
+    assert sorted(handed) == sorted(r.key for r in reqs)  # each answer handed over once, as it ended

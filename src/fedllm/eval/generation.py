@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fedllm.eval.kv_cache import growing_cache
+from fedllm.eval.kv_cache import DynamicLayer, GrowingLayer, growing_cache
 from fedllm.models.peft_methods.virtual import decoding_start, input_logits
 from fedllm.models.precision import Precision
 
@@ -51,9 +51,23 @@ class GenRequest:
 class _Row:
     request: GenRequest
     ids: list[int]
+    index: int = 0  # position in the request list
     out: list[int] = field(default_factory=list)
+    steps: int = 0  # tokens sampled (stop tokens included)
     done: bool = False
+    handed: bool = False  # the answer went to on_done
     generator: torch.Generator | None = None
+
+
+@dataclass
+class _Batch:
+    """The rows decoding together: their KV cache, attention mask (left padding), next positions and tokens."""
+
+    rows: list[_Row]
+    past: Any
+    mask: torch.Tensor  # [rows, cached positions]
+    pos: torch.Tensor  # [rows, 1]: each row's next position id
+    nxt: torch.Tensor  # [rows]: each row's next input token
 
 
 def _sample(logits: torch.Tensor, d: Decoding, gen: torch.Generator | None) -> int:
@@ -68,6 +82,37 @@ def _sample(logits: torch.Tensor, d: Decoding, gen: torch.Generator | None) -> i
         choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)
         return int(idx[choice])
     return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _mergeable(past: Any) -> bool:
+    """Whether rows can join this cache: full-attention layers that drop rows (not sliding windows)."""
+    layers = getattr(past, "layers", None)
+    return bool(layers) and hasattr(past, "batch_select_indices") and all(
+        type(layer) in (GrowingLayer, DynamicLayer) and layer.keys is not None for layer in layers)
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """``t`` with zeros in front along ``dim`` up to ``width`` (masked positions: attention never sees them)."""
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _merge(a: _Batch, b: _Batch, max_new: int) -> _Batch:
+    """One batch of both: the shorter cache left-padded with masked positions, rows stacked."""
+    width = max(a.mask.shape[1], b.mask.shape[1])
+    layers = []
+    for la, lb in zip(a.past.layers, b.past.layers):
+        layer = GrowingLayer(width + max_new)
+        layer.update(torch.cat([_left_pad(la.keys, width, 2), _left_pad(lb.keys, width, 2)]),
+                     torch.cat([_left_pad(la.values, width, 2), _left_pad(lb.values, width, 2)]))
+        layers.append(layer)
+    a.past.layers = layers
+    return _Batch(a.rows + b.rows, a.past, torch.cat([_left_pad(a.mask, width, 1), _left_pad(b.mask, width, 1)]),
+                  torch.cat([a.pos, b.pos]), torch.cat([a.nxt, b.nxt]))
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -94,91 +139,121 @@ class TextModel:
     @torch.no_grad()
     def generate(self, requests: Sequence[GenRequest], batch_size: int = 8,
                  on_done: Callable[[GenRequest, str], None] | None = None) -> list[str]:
-        """Answers in request order. Requests sharing a length limit and stop strings are batched together
-        (sorted by prompt length); temperature and top-p are applied per row, so MT-Bench's
-        per-category temperatures still share batches."""
-        rows = [_Row(r, self.encode(r.prompt)) for r in requests]
+        """Answers in request order, each handed to ``on_done`` as soon as it ends. Requests sharing a
+        length limit and stop strings decode together (sorted by prompt length), up to ``batch_size`` at a
+        time; when a quarter of the rows have finished, waiting requests take their places (continuous
+        batching), so a batch does not idle at a few long answers. Temperature and top-p apply per row, so
+        MT-Bench's per-category temperatures still share batches."""
+        rows = [_Row(r, self.encode(r.prompt), index=i) for i, r in enumerate(requests)]
         for row in rows:
             if row.request.decoding.temperature > 0:
                 row.generator = torch.Generator(device="cpu").manual_seed(row.request.seed)
-        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
-        for i, row in enumerate(rows):
+        groups: dict[tuple[int, tuple[str, ...]], list[_Row]] = {}
+        for row in rows:
             d = row.request.decoding
-            groups.setdefault((d.max_new_tokens, d.stop), []).append(i)
-        answers: list[str | None] = [None] * len(rows)
+            groups.setdefault((d.max_new_tokens, d.stop), []).append(row)
+        answers: list[str] = [""] * len(rows)
+
+        def finish(row: _Row, stop: tuple[str, ...]) -> None:
+            text = self.tokenizer.decode(row.out, skip_special_tokens=True)
+            answers[row.index] = _cut_at_stop(text, stop)[0] if stop else text
+            if on_done is not None:
+                on_done(row.request, answers[row.index])
+
         was_training = self.model.training
         self.model.eval()
         try:
-            for (max_new, stop), idx in groups.items():
-                idx.sort(key=lambda i: len(rows[i].ids))
-                for j in range(0, len(idx), batch_size):
-                    batch = [rows[i] for i in idx[j:j + batch_size]]
-                    texts = self._generate_batch(batch, max_new, stop)
-                    for i, text in zip(idx[j:j + batch_size], texts):
-                        answers[i] = text
-                        if on_done is not None:
-                            on_done(rows[i].request, text)
+            for (max_new, stop), group in groups.items():
+                self._decode_group(sorted(group, key=lambda r: len(r.ids)), batch_size, max_new, stop, finish)
         finally:
             self.model.train(was_training)
-        return [a if a is not None else "" for a in answers]
+        return answers
 
-    def _generate_batch(self, batch: list[_Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
+    def _decode_group(self, waiting: list[_Row], batch_size: int, max_new: int, stop: tuple[str, ...],
+                      finish: Callable[[_Row, tuple[str, ...]], None]) -> None:
+        batch: _Batch | None = None
+        refill = max(1, batch_size // 4)
+        while waiting or batch is not None:
+            free = batch_size - (len(batch.rows) if batch is not None else 0)
+            if waiting and (batch is None or (free >= refill and _mergeable(batch.past))):
+                entering, waiting = waiting[:free], waiting[free:]
+                new = self._prefill(entering, max_new, stop)
+                batch = new if batch is None else _merge(batch, new, max_new)
+            else:
+                self._step(batch, stop)  # type: ignore[arg-type]
+            batch = self._retire(batch, max_new, stop, finish)  # type: ignore[arg-type]
+
+    def _prefill(self, rows: list[_Row], max_new: int, stop: tuple[str, ...]) -> _Batch:
+        """Run the prompts of rows entering the batch (left-padded) and sample their first tokens."""
         device = self.precision.device
-        width = max(len(r.ids) for r in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, r in enumerate(batch):  # left padding: every row's next token is at the last position
+        width = max(len(r.ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):  # left padding: every row's next token is at the last position
             ids[b, width - len(r.ids):] = torch.tensor(r.ids)
             mask[b, width - len(r.ids):] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        step, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens (prompt learning)
-        past, step_pos = first.pop("past_key_values", None), first.pop("position_ids")
+        self._step_fn, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens
+        past, pos = first.pop("past_key_values", None), first.pop("position_ids")
         if past is None:  # appends in place instead of re-copying the whole cache at every step
-            past = growing_cache(self.model.config, width + max_new_tokens)
+            past = growing_cache(self.model.config, width + max_new)
         first.pop("attention_mask")
-        step_ids = ids
-        active = list(range(len(batch)))  # rows still generating, in cache order
-        for _ in range(max_new_tokens):
-            with self.precision.autocast():
-                out = step(**(first or {"input_ids": step_ids}), attention_mask=mask, position_ids=step_pos,
-                           past_key_values=past, use_cache=True, logits_to_keep=1)
-            first = {}
-            past = out.past_key_values
-            logits = out.logits[:, -1, :].float().cpu()
-            nxt = []
-            for j, b in enumerate(active):
-                r = batch[b]
-                if r.done:  # only when the cache cannot drop rows
-                    nxt.append(self.pad_id)
-                    continue
-                tok = _sample(logits[j], r.request.decoding, r.generator)
-                if tok in self.stop_ids:
+        with self.precision.autocast():
+            out = self._step_fn(**first, attention_mask=mask, position_ids=pos, past_key_values=past,
+                                use_cache=True, logits_to_keep=1)
+        batch = _Batch(rows, out.past_key_values, mask, pos[:, -1:] + 1, pos.new_zeros(len(rows)))
+        batch.nxt = self._sample_rows(rows, out.logits[:, -1, :], stop)
+        return batch
+
+    def _step(self, batch: _Batch, stop: tuple[str, ...]) -> None:
+        """One decoding step of every row in the batch."""
+        device = self.precision.device
+        batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long, device=device)], dim=1)
+        with self.precision.autocast():
+            out = self._step_fn(input_ids=batch.nxt[:, None], attention_mask=batch.mask, position_ids=batch.pos,
+                                past_key_values=batch.past, use_cache=True, logits_to_keep=1)
+        batch.past = out.past_key_values
+        batch.pos = batch.pos + 1
+        batch.nxt = self._sample_rows(batch.rows, out.logits[:, -1, :], stop)
+
+    def _sample_rows(self, rows: list[_Row], logits: torch.Tensor, stop: tuple[str, ...]) -> torch.Tensor:
+        """Each unfinished row's next token (finished rows idle on padding until they leave the batch)."""
+        logits = logits.float().cpu()
+        nxt = []
+        for j, r in enumerate(rows):
+            if r.done:  # only when the cache cannot drop rows
+                nxt.append(self.pad_id)
+                continue
+            tok = _sample(logits[j], r.request.decoding, r.generator)
+            r.steps += 1
+            if tok in self.stop_ids:
+                r.done = True
+            else:
+                r.out.append(tok)
+                if stop and _cut_at_stop(self.tokenizer.decode(r.out[-64:]), stop)[1]:
                     r.done = True
-                else:
-                    r.out.append(tok)
-                    if stop and _cut_at_stop(self.tokenizer.decode(r.out[-64:]), stop)[1]:
-                        r.done = True
-                nxt.append(tok)
-            keep = [j for j, b in enumerate(active) if not batch[b].done]
-            if not keep:
-                break
-            if not hasattr(past, "batch_select_indices"):  # a cache that cannot drop rows: finished ones idle
-                keep = list(range(len(active)))
-            if len(keep) < len(active) and hasattr(past, "batch_select_indices"):  # drop finished rows' compute
-                index = torch.tensor(keep, device=device)
-                past.batch_select_indices(index)
-                mask, step_pos = mask[index], step_pos[index]
-                nxt = [nxt[j] for j in keep]
-                active = [active[j] for j in keep]
-            step_ids = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]
-            step_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long, device=device)], dim=1)
-        texts = []
-        for r in batch:
-            text = self.tokenizer.decode(r.out, skip_special_tokens=True)
-            texts.append(_cut_at_stop(text, stop)[0] if stop else text)
-        return texts
+            nxt.append(tok)
+        return torch.tensor(nxt, dtype=torch.long, device=self.precision.device)
+
+    def _retire(self, batch: _Batch, max_new: int, stop: tuple[str, ...],
+                finish: Callable[[_Row, tuple[str, ...]], None]) -> _Batch | None:
+        """Hand over the answers that ended and drop their rows from the batch (and its cache)."""
+        for r in batch.rows:
+            if not r.done and r.steps >= max_new:
+                r.done = True
+            if r.done and not r.handed:
+                finish(r, stop)
+                r.handed = True
+        keep = [j for j, r in enumerate(batch.rows) if not r.done]
+        if not keep:
+            return None
+        if len(keep) < len(batch.rows) and hasattr(batch.past, "batch_select_indices"):
+            index = torch.tensor(keep, device=self.precision.device)
+            batch.past.batch_select_indices(index)
+            batch = _Batch([batch.rows[j] for j in keep], batch.past, batch.mask[index], batch.pos[index],
+                           batch.nxt[index])
+        return batch
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
