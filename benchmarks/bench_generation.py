@@ -8,7 +8,10 @@ is the main lever.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
+
+import torch
 
 from benchmarks.common import median, write_result
 from fedllm.config import ModelConfig
@@ -17,6 +20,7 @@ from fedllm.data.schema import Message
 from fedllm.eval.generation import Decoding, GenRequest, TextModel
 from fedllm.models.loading import load_base_model
 from fedllm.models.precision import Precision
+from fedllm.models.stored_weights import store_frozen_linears
 
 QUESTIONS = ["Write a Python function that reverses a string.", "Explain what a hash table is.",
              "Give three tips for writing clear emails.", "What causes the seasons on Earth?"]
@@ -27,27 +31,37 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--new", type=int, default=64, help="tokens generated per answer (no early stop)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16 (autocast), interleaved")
+    ap.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16 (autocast), bf16-stored "
+                                                         "(autocast, frozen weights stored in bf16); interleaved")
     args = ap.parse_args()
     base = load_base_model(ModelConfig(precision="fp32", device="cpu"))
     names = args.precisions.split(",")
-    models = {n: TextModel(base.model, base.tokenizer, Precision(n, base.device), stop_token_ids=()) for n in names}
+    models = {}
+    for n in names:
+        model = base.model
+        if n == "bf16-stored":  # bf16 autocast over frozen weights stored in bf16 (what fedllm eval runs)
+            model = copy.deepcopy(base.model)
+            store_frozen_linears(model, torch.bfloat16)
+        models[n] = TextModel(model, base.tokenizer, Precision(n.split("-")[0], base.device), stop_token_ids=())
     for lm in models.values():
         lm.stop_ids = set()  # measure exactly --new tokens per answer
     tpl = get_template("chat", base.tokenizer)
     d = Decoding(temperature=0.0, max_new_tokens=args.new)
     sizes = [int(b) for b in args.batches.split(",")]
+    outputs: dict[str, list[str]] = {}
     times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in sizes}
     for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every size and precision alike
         for b in sizes:
             reqs = [GenRequest(str(i), prompt_text([Message("user", QUESTIONS[i % 4])], tpl), d) for i in range(b)]
             for n, lm in models.items():
                 t0 = time.perf_counter()
-                lm.generate(reqs, batch_size=b)
+                outputs[n] = lm.generate(reqs, batch_size=b)
                 times[n, b].append(time.perf_counter() - t0)
+    same = {n: outputs[n] == outputs[names[0]] for n in names}
     result = {n: {str(b): {"seconds": times[n, b], "median_s": median(times[n, b]),
                            "tokens_per_s": b * args.new / median(times[n, b])} for b in sizes} for n in names}
-    write_result("generation", {"new_tokens": args.new, "by_precision_and_batch": result})
+    write_result("generation", {"new_tokens": args.new, "by_precision_and_batch": result,
+                                "last_answers_equal_to_first_precision": same})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fedllm.config import build_config
+from fedllm.config import ModelConfig, build_config
 from fedllm.data.formatting import encode_sft, get_template
 from fedllm.data.schema import InstructionSample
 from fedllm.models.adapters import AdapterSlot, attach_adapter, load_adapter_state, save_adapter
@@ -182,14 +182,32 @@ def test_damaged_adapter_file_is_named(tmp_path):
         load_adapter_state(out)
 
 
-def test_evaluation_generates_in_fp32_on_a_cpu_under_auto_only():
-    """Decoding re-casts every weight per token under autocast: `auto` evaluates in fp32 on a CPU even where
-    bf16 trains faster; a precision the user set, and CUDA's, are kept."""
-    from fedllm.models.precision import evaluation_precision
+def test_weights_stored_in_bf16_give_autocast_its_own_numbers():
+    """Evaluation under bf16 autocast stores the frozen linear weights in bf16 once, instead of autocast
+    re-casting them at every decoding step: logits are bit-identical, adapters stay fp32, the tied
+    embedding is untouched, and fp32 or DoRA evaluation is left alone."""
+    from fedllm.config import build_config
+    from fedllm.models.adapters import attach_adapter
+    from fedllm.models.stored_weights import store_for_inference
 
-    trained = Precision("bf16", CPU, {"reason": "measured"})
-    assert evaluation_precision(trained, "auto").name == "fp32"
-    assert evaluation_precision(trained, "bf16") is trained
-    assert evaluation_precision(Precision("fp32", CPU), "auto").name == "fp32"
-    gpu = Precision("bf16", torch.device("cuda"))
-    assert evaluation_precision(gpu, "auto") is gpu
+    base = load_base_model(ModelConfig(name="tiny", precision="fp32", device="cpu"))
+    model = attach_adapter(base.model, build_config({"model": {"name": "tiny"}, "lora": {"r": 4, "alpha": 8}}))
+    torch.manual_seed(0)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.1)
+    model.eval()
+    ids = torch.randint(3, 200, (2, 12))
+    bf16 = Precision("bf16", CPU)
+    with torch.no_grad(), bf16.autocast():
+        before = model(input_ids=ids).logits
+    emb = model.get_base_model().get_input_embeddings().weight
+    assert store_for_inference(model, Precision("fp32", CPU), "lora") == 0
+    assert store_for_inference(model, bf16, "dora") == 0
+    assert store_for_inference(model, bf16, "lora") > 0
+    with torch.no_grad(), bf16.autocast():
+        after = model(input_ids=ids).logits
+    assert torch.equal(before, after)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+    assert model.get_base_model().get_input_embeddings().weight.dtype == torch.float32 and emb.dtype == torch.float32
+    assert model.get_base_model().get_output_embeddings().weight.dtype == torch.bfloat16

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from fedllm.data.formatting import get_template
 from fedllm.eval.context import EvalContext, EvalError
-from fedllm.models.precision import evaluation_precision
+from fedllm.models.stored_weights import store_for_inference
 from fedllm.eval.generation import TextModel
 from fedllm.eval.metrics import get_metric
 from fedllm.eval.target import Target
@@ -111,7 +111,8 @@ def run_evaluation(targets: list[Target], settings: EvalSettings, console: Conso
             continue
         base, slot = _load_group(group)
         template = get_template(group[0].cfg.data.template, base.tokenizer)
-        precision = evaluation_precision(base.precision, group[0].cfg.model.precision)
+        precision = base.precision  # the run's own (auto: measured), decoding as fast as fp32 or faster
+        store_for_inference(base.model, precision, group[0].cfg.peft.method)
         text_model = TextModel(base.model, base.tokenizer, precision, _stop_ids(base.tokenizer))
         for t in group:
             todo = [m for tt, m in pending if tt is t]

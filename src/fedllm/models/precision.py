@@ -52,13 +52,3 @@ class Precision:
         if self.name == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-
-def evaluation_precision(chosen: Precision, setting: str) -> Precision:
-    """What ``fedllm eval`` computes in. Decoding on a CPU reads every weight per token and autocast casts
-    each one again, so there ``auto`` evaluates in fp32 even where bf16 trains faster (bench_generation on
-    a Zen 5: bf16 0.73x fp32 at batch 1, 0.85x at 8, 1.12x at 32); a set precision, or CUDA, is kept."""
-    if setting == "auto" and chosen.device.type == "cpu" and chosen.name != "fp32":
-        return Precision("fp32", chosen.device, {"reason": "auto on a CPU: decoding is faster in fp32 than under bf16 "
-                                                           "autocast, which re-casts every weight each step"})
-    return chosen
