@@ -45,10 +45,10 @@ class ClientSums:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _batches(model: Any, objective: Objective, features: dict[str, list[dict[str, Any]]], pad_id: int,
-             precision: Precision, batch_size: int) -> Iterator[tuple[str, list[int], dict[str, Any]]]:
-    """(client id, feature indices, batch on the device) for every client's held-out features, batched by
-    length within the client, with the model in eval mode and gradients off while the caller computes."""
+def _samples(model: Any, objective: Objective, features: dict[str, list[dict[str, Any]]], pad_id: int,
+             precision: Precision, batch_size: int) -> Iterator[tuple[str, int, float, int, dict[str, float]]]:
+    """(client id, feature index, summed loss, units, summed statistics) of every held-out sample, batched
+    by length within each client (batches that mixed clients would move bf16 numbers with the mix)."""
     was_training = model.training
     model.eval()
     try:
@@ -58,7 +58,13 @@ def _batches(model: Any, objective: Objective, features: dict[str, list[dict[str
                 order = sorted(range(len(feats)), key=lambda i: objective.length(feats[i]))
                 for j in range(0, len(order), batch_size):
                     chunk = order[j:j + batch_size]
-                    yield cid, chunk, to_device(objective.collate([feats[i] for i in chunk], pad_id), precision.device)
+                    batch = to_device(objective.collate([feats[i] for i in chunk], pad_id), precision.device)
+                    with precision.autocast():
+                        losses, units, stats = objective.sample_sums(model, batch)
+                    losses, units = losses.float().tolist(), units.tolist()
+                    stats = {k: v.float().tolist() for k, v in stats.items()}
+                    for b, i in enumerate(chunk):
+                        yield cid, i, losses[b], int(units[b]), {k: v[b] for k, v in stats.items()}
     finally:
         model.train(was_training)
 
@@ -68,11 +74,9 @@ def heldout_sums(model: Any, objective: Objective, features: dict[str, list[dict
     """The objective's summed loss (and statistics) of ``model`` on each client's encoded test features;
     clients with no loss unit are left out."""
     sums = {cid: ClientSums(0.0, 0) for cid in features}
-    for cid, _, batch in _batches(model, objective, features, pad_id, precision, batch_size):
-        with precision.autocast():
-            loss_sum, units, stats = objective.loss_stats(model, batch)
+    for cid, _, loss, units, stats in _samples(model, objective, features, pad_id, precision, batch_size):
         c = sums[cid]
-        c.loss += float(loss_sum)
+        c.loss += loss
         c.units += units
         for k, v in stats.items():
             c.stats[k] = c.stats.get(k, 0.0) + v
@@ -81,14 +85,12 @@ def heldout_sums(model: Any, objective: Objective, features: dict[str, list[dict
 
 def sample_losses(model: Any, objective: Objective, features: dict[str, list[dict[str, Any]]], pad_id: int,
                   precision: Precision, batch_size: int = 8) -> dict[str, list[float]]:
-    """Each held-out sample's own mean loss, per client in feature order: the unit of a paired comparison
-    of two models on the same samples (``fedllm.bench.paired``)."""
+    """Each held-out sample's own mean loss, per client in feature order (NaN without a loss unit): the
+    unit of a paired comparison of two models on the same samples (``fedllm.bench.paired``)."""
     out = {cid: [float("nan")] * len(feats) for cid, feats in features.items()}
-    for cid, chunk, batch in _batches(model, objective, features, pad_id, precision, batch_size):
-        with precision.autocast():
-            losses = objective.sample_losses(model, batch)
-        for i, v in zip(chunk, losses.tolist()):
-            out[cid][i] = v
+    for cid, i, loss, units, _ in _samples(model, objective, features, pad_id, precision, batch_size):
+        if units:
+            out[cid][i] = loss / units
     return out
 
 

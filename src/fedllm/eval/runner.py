@@ -139,6 +139,7 @@ def _fingerprint(t: Target, precision: str) -> str:
 def _settings_key(t: Target, m: Any, settings: EvalSettings) -> dict[str, Any]:
     """What a finished metric's numbers depend on, as it reads back from summary.json (JSON types)."""
     return json.loads(json.dumps({"adapter": t.adapter_sha, "model": t.cfg.model.name, "template": t.cfg.data.template,
+            "precision": t.cfg.model.precision,
             "options": settings.metric_options(m.name), "seed": settings.seed,
             "data_dir": str(settings.data_dir) if settings.data_dir else None,
             "judge": settings.judge.key() if (settings.judge is not None and m.needs_judge) else None}, default=str))

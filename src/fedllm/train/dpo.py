@@ -45,6 +45,12 @@ def pair_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
             for key in ("input_ids", "attention_mask", "labels")}
 
 
+def _reward_stats(chosen: Tensor, rejected: Tensor) -> dict[str, Tensor]:
+    """Per pair: whether the chosen reply earns the higher reward, both rewards and their margin."""
+    c, r = chosen.detach(), rejected.detach()
+    return {"reward_accuracy": (c > r).float(), "chosen_reward": c, "rejected_reward": r, "margin": c - r}
+
+
 @register_objective("dpo")
 class DPO(Objective):
     """β (default 0.1, TRL's and FedLLM-Bench's) scales the implicit reward r = β·(π − ref)."""
@@ -156,15 +162,14 @@ class DPO(Objective):
         rejected_rewards = self.beta * (policy_r - ref_r)
         return -F.logsigmoid(chosen_rewards - rejected_rewards), chosen_rewards, rejected_rewards
 
-    def sample_losses(self, model: Any, batch: dict[str, Tensor]) -> Tensor:
-        return self._pair_losses(model, batch)[0]
+    def sample_sums(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        losses, c, r = self._pair_losses(model, batch)
+        return losses, torch.ones_like(losses), _reward_stats(c, r)
 
     def loss_stats(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int, dict[str, float]]:
         """Summed DPO loss over the pairs, their count, and reward statistics summed over them."""
         losses, chosen_rewards, rejected_rewards = self._pair_losses(model, batch)
-        c, r = chosen_rewards.detach(), rejected_rewards.detach()
-        stats = {"reward_accuracy": float((c > r).float().sum()), "chosen_reward": float(c.sum()),
-                 "rejected_reward": float(r.sum()), "margin": float((c - r).sum())}
+        stats = {k: float(v.sum()) for k, v in _reward_stats(chosen_rewards, rejected_rewards).items()}
         return losses.sum(), int(losses.numel()), stats
 
     def loss_sum(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int]:

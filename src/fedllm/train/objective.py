@@ -89,9 +89,10 @@ class Objective:
         loss, units = self.loss_sum(model, batch)
         return loss, units, {}
 
-    def sample_losses(self, model: Any, batch: dict[str, Tensor]) -> Tensor:
-        """Each sample's mean loss over its own units, shape [batch] (paired comparisons over samples)."""
-        raise NotImplementedError(f"objective {self.name!r} has no per-sample loss")
+    def sample_sums(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Per sample, shape [batch]: summed loss, loss units and summed statistics. Evaluation pools these
+        by client, so one batch may mix clients, and compares two models sample by sample."""
+        raise NotImplementedError(f"objective {self.name!r} has no per-sample sums")
 
     def begin_round(self, model: Any, features: list[dict[str, Any]], indices: list[int], pad_id: int,
                     precision: Any, batch_size: int) -> None:
@@ -149,11 +150,11 @@ class SFT(Objective):
     def loss_sum(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
         return token_loss_sum(model, batch)
 
-    def sample_losses(self, model: Any, batch: dict[str, Tensor]) -> Tensor:
+    def sample_sums(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         losses, mask = labelled_token_losses(model, batch)
         rows = mask.nonzero()[:, 0]
         sums = torch.zeros(mask.shape[0], dtype=losses.dtype, device=losses.device).index_add_(0, rows, losses)
-        return sums / mask.sum(1).clamp(min=1)
+        return sums, mask.sum(1), {}
 
 
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
