@@ -127,6 +127,6 @@ def run_quickstart(output_dir: Path, overrides: list[str], console: Console, tas
         console.print(f"FedAvg {verdict} Local on held-out data of all clients: {fed_loss:.4f} vs {local_loss:.4f}")
     if paired is not None:
         print_paired(paired, "FedAvg", "Local", console)
-        write_json_atomic(output_dir / PAIRED_FILE, paired.to_dict())
+        write_json_atomic(output_dir / PAIRED_FILE, {"a": "fedavg", "b": "local", **paired.to_dict()})
     console.print(f"plot: {plot}\nruns: {local_cfg.run_dir}, {fedavg_cfg.run_dir}  "
                   f"(compare again with `fedllm report {local_cfg.run_dir} {fedavg_cfg.run_dir}`)")
