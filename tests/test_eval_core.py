@@ -16,6 +16,7 @@ from fedllm.eval.generation import Decoding, GenRequest, TextModel
 from fedllm.eval.runner import EvalSettings, run_evaluation, write_results
 from fedllm.eval.target import TargetError, resolve_target, resolve_targets
 from fedllm.models.loading import load_base_model
+from fedllm.models.precision import Precision
 from tests.conftest import synthetic_records, tiny_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -472,7 +473,7 @@ def test_generation_is_the_same_with_transformers_own_cache(tiny_lm, monkeypatch
     d = Decoding(temperature=0.0, max_new_tokens=24)
     reqs = [GenRequest(str(i), p, d) for i, p in enumerate(_prompts(tiny_lm))]
     ours = tiny_lm.generate(reqs, batch_size=4)
-    monkeypatch.setattr(generation, "growing_cache", lambda config, capacity: None)  # the model's DynamicCache
+    monkeypatch.setattr(generation, "growing_cache", lambda *a: None)  # the model's DynamicCache
     assert tiny_lm.generate(reqs, batch_size=4) == ours
 
 
@@ -492,3 +493,13 @@ def test_waiting_requests_take_the_places_of_finished_rows(tiny_lm, monkeypatch)
     assert together == alone
     assert entered[0] == 3 and len(entered) > 2 and sum(entered) == len(reqs)  # rows joined a running batch
     assert sorted(handed) == sorted(r.key for r in reqs)  # each answer handed over once, as it ended
+
+
+def test_a_bf16_cache_gives_autocast_the_keys_it_would_cast(tiny_lm, monkeypatch):
+    """Under bf16 autocast the KV cache holds bf16 (attention casts keys and values to it at every step
+    anyway): the answers are those of a cache that keeps RoPE's fp32 keys."""
+    lm = TextModel(tiny_lm.model, tiny_lm.tokenizer, Precision("bf16", torch.device("cpu")))
+    reqs = [GenRequest(str(i), p, Decoding(max_new_tokens=16)) for i, p in enumerate(_prompts(lm))]
+    stored = lm.generate(reqs, batch_size=4)
+    monkeypatch.setattr(TextModel, "_cache_dtype", lambda self: None)
+    assert lm.generate(reqs, batch_size=4) == stored

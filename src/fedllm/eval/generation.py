@@ -106,7 +106,7 @@ def _merge(a: _Batch, b: _Batch, max_new: int) -> _Batch:
     width = max(a.mask.shape[1], b.mask.shape[1])
     layers = []
     for la, lb in zip(a.past.layers, b.past.layers):
-        layer = GrowingLayer(width + max_new)
+        layer = GrowingLayer(width + max_new, getattr(la, "store_dtype", None))
         layer.update(torch.cat([_left_pad(la.keys, width, 2), _left_pad(lb.keys, width, 2)]),
                      torch.cat([_left_pad(la.values, width, 2), _left_pad(lb.values, width, 2)]))
         layers.append(layer)
@@ -197,7 +197,7 @@ class TextModel:
         self._step_fn, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens
         past, pos = first.pop("past_key_values", None), first.pop("position_ids")
         if past is None:  # appends in place instead of re-copying the whole cache at every step
-            past = growing_cache(self.model.config, width + max_new)
+            past = growing_cache(self.model.config, width + max_new, self._cache_dtype())
         first.pop("attention_mask")
         with self.precision.autocast():
             out = self._step_fn(**first, attention_mask=mask, position_ids=pos, past_key_values=past,
@@ -205,6 +205,10 @@ class TextModel:
         batch = _Batch(rows, out.past_key_values, mask, pos[:, -1:] + 1, pos.new_zeros(len(rows)))
         batch.nxt = self._sample_rows(rows, out.logits[:, -1, :], stop)
         return batch
+
+    def _cache_dtype(self) -> torch.dtype | None:
+        """bf16 under bf16 autocast, whose attention casts keys and values to it anyway; else as computed."""
+        return torch.bfloat16 if self.precision.name == "bf16" else None
 
     def _step(self, batch: _Batch, stop: tuple[str, ...]) -> None:
         """One decoding step of every row in the batch."""
