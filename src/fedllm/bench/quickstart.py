@@ -12,14 +12,13 @@ import dataclasses
 import shutil
 from importlib import resources
 from pathlib import Path
-
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from fedllm.bench.report import comparison_rows, load_run, plot_heldout, print_comparison, print_history
 from fedllm.bench.paired import PairedComparison, describe, paired_comparison
+from fedllm.bench.report import comparison_rows, load_run, plot_heldout, print_comparison, print_history
 from fedllm.config import RunConfig, load_config
 from fedllm.jsonl import write_json_atomic
 from fedllm.progress import progress_bar

@@ -64,6 +64,7 @@ class _Batch:
     """The rows decoding together: their KV cache, attention mask (left padding), next positions and tokens."""
 
     rows: list[_Row]
+    step: Any  # what runs a decoding step: the model, or its base with virtual tokens added once
     past: Any
     mask: torch.Tensor  # [rows, cached positions]
     pos: torch.Tensor  # [rows, 1]: each row's next position id
@@ -111,7 +112,7 @@ def _merge(a: _Batch, b: _Batch, max_new: int) -> _Batch:
                      torch.cat([_left_pad(la.values, width, 2), _left_pad(lb.values, width, 2)]))
         layers.append(layer)
     a.past.layers = layers
-    return _Batch(a.rows + b.rows, a.past, torch.cat([_left_pad(a.mask, width, 1), _left_pad(b.mask, width, 1)]),
+    return _Batch(a.rows + b.rows, a.step, a.past, torch.cat([_left_pad(a.mask, width, 1), _left_pad(b.mask, width, 1)]),
                   torch.cat([a.pos, b.pos]), torch.cat([a.nxt, b.nxt]))
 
 
@@ -194,17 +195,16 @@ class TextModel:
             mask[b, width - len(r.ids):] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self._step_fn, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens
+        step, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens
         past, pos = first.pop("past_key_values", None), first.pop("position_ids")
         if past is None:  # appends in place instead of re-copying the whole cache at every step
             past = growing_cache(self.model.config, width + max_new, self._cache_dtype())
         first.pop("attention_mask")
         with self.precision.autocast():
-            out = self._step_fn(**first, attention_mask=mask, position_ids=pos, past_key_values=past,
-                                use_cache=True, logits_to_keep=1)
-        batch = _Batch(rows, out.past_key_values, mask, pos[:, -1:] + 1, pos.new_zeros(len(rows)))
-        batch.nxt = self._sample_rows(rows, out.logits[:, -1, :], stop)
-        return batch
+            out = step(**first, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True,
+                       logits_to_keep=1)
+        return _Batch(rows, step, out.past_key_values, mask, pos[:, -1:] + 1,
+                      self._sample_rows(rows, out.logits[:, -1, :], stop))
 
     def _cache_dtype(self) -> torch.dtype | None:
         """bf16 under bf16 autocast, whose attention casts keys and values to it anyway; else as computed."""
@@ -215,8 +215,8 @@ class TextModel:
         device = self.precision.device
         batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long, device=device)], dim=1)
         with self.precision.autocast():
-            out = self._step_fn(input_ids=batch.nxt[:, None], attention_mask=batch.mask, position_ids=batch.pos,
-                                past_key_values=batch.past, use_cache=True, logits_to_keep=1)
+            out = batch.step(input_ids=batch.nxt[:, None], attention_mask=batch.mask, position_ids=batch.pos,
+                             past_key_values=batch.past, use_cache=True, logits_to_keep=1)
         batch.past = out.past_key_values
         batch.pos = batch.pos + 1
         batch.nxt = self._sample_rows(batch.rows, out.logits[:, -1, :], stop)
@@ -255,8 +255,8 @@ class TextModel:
         if len(keep) < len(batch.rows) and hasattr(batch.past, "batch_select_indices"):
             index = torch.tensor(keep, device=self.precision.device)
             batch.past.batch_select_indices(index)
-            batch = _Batch([batch.rows[j] for j in keep], batch.past, batch.mask[index], batch.pos[index],
-                           batch.nxt[index])
+            batch = _Batch([batch.rows[j] for j in keep], batch.step, batch.past, batch.mask[index],
+                           batch.pos[index], batch.nxt[index])
         return batch
 
     # ------------------------------------------------------------------ scoring

@@ -17,13 +17,10 @@ from typing import Any
 
 import torch
 
-try:  # transformers >= 4.54 builds caches from layers
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-except ImportError:  # pragma: no cover - older transformers: the model's own cache is used
-    DynamicCache = DynamicLayer = None  # type: ignore[assignment,misc]
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
-class GrowingLayer(DynamicLayer):  # type: ignore[misc,valid-type]
+class GrowingLayer(DynamicLayer):
     """One decoder layer's keys and values in buffers of spare capacity, shape [batch, heads, capacity, dim]."""
 
     def __init__(self, capacity: int = 0, dtype: torch.dtype | None = None) -> None:
@@ -96,8 +93,6 @@ def growing_cache(config: Any, capacity: int, dtype: torch.dtype | None = None) 
     """A cache for one batch of answers: the model's own layer types, with full-attention layers growing in
     place (``capacity`` positions preallocated, in ``dtype``: the one attention casts to, or None);
     None where transformers cannot take one."""
-    if DynamicCache is None:
-        return None
     try:
         cache = DynamicCache(config=config)
     except (TypeError, ValueError, AttributeError, KeyError):
