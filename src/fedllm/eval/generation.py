@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fedllm.eval.kv_cache import DynamicLayer, GrowingLayer, growing_cache
-from fedllm.models.peft_methods.virtual import decoding_start, input_logits
+from fedllm.models.peft_methods.virtual import decoding_start, input_logits, virtual_tokens
 from fedllm.models.precision import Precision
 
 
@@ -69,6 +69,26 @@ class _Batch:
     mask: torch.Tensor  # [rows, cached positions]
     pos: torch.Tensor  # [rows, 1]: each row's next position id
     nxt: torch.Tensor  # [rows]: each row's next input token
+
+
+@dataclass
+class _Prefix:
+    """Prompt tokens every row of a group starts with (a few-shot block), run once: its keys and values
+    per layer, each [1, kv heads, tokens, head dim], copied into every batch that enters."""
+
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+MIN_SHARED_PREFIX = 64  # tokens; a chat template's system prompt alone is not worth a separate pass
+
+
+def _common_prefix(rows: Sequence[_Row]) -> int:
+    """Length of the token prefix all rows share, leaving every row at least one token of its own."""
+    first, n = rows[0].ids, min(len(r.ids) for r in rows) - 1
+    for r in rows[1:]:
+        n = next((i for i in range(n) if r.ids[i] != first[i]), n)
+    return max(n, 0)
 
 
 def _sample(logits: torch.Tensor, d: Decoding, gen: torch.Generator | None) -> int:
@@ -174,27 +194,50 @@ class TextModel:
                       finish: Callable[[_Row, tuple[str, ...]], None]) -> None:
         batch: _Batch | None = None
         refill = max(1, batch_size // 4)
+        prefix = self._shared_prefix(waiting)
         while waiting or batch is not None:
             free = batch_size - (len(batch.rows) if batch is not None else 0)
             if waiting and (batch is None or (free >= refill and _mergeable(batch.past))):
                 entering, waiting = waiting[:free], waiting[free:]
-                new = self._prefill(entering, max_new, stop)
+                new = self._prefill(entering, max_new, stop, prefix)
                 batch = new if batch is None else _merge(batch, new, max_new)
             else:
                 self._step(batch, stop)  # type: ignore[arg-type]
             batch = self._retire(batch, max_new, stop, finish)  # type: ignore[arg-type]
 
-    def _prefill(self, rows: list[_Row], max_new: int, stop: tuple[str, ...]) -> _Batch:
-        """Run the prompts of rows entering the batch (left-padded) and sample their first tokens."""
+    def _shared_prefix(self, rows: Sequence[_Row]) -> _Prefix | None:
+        """The group's common prompt prefix with its keys and values, when it is long enough to be worth
+        running once (few-shot prompts) and the cache can take it; else None."""
+        n = _common_prefix(rows) if len(rows) > 1 else 0
+        if n < MIN_SHARED_PREFIX or virtual_tokens(self.model):
+            return None
+        past = growing_cache(self.model.config, n, self._cache_dtype())
+        if past is None:
+            return None
+        ids = torch.tensor([rows[0].ids[:n]], device=self.precision.device)
+        with self.precision.autocast():
+            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(n, device=ids.device)[None],
+                             past_key_values=past, use_cache=True, logits_to_keep=1)
+        if not _mergeable(out.past_key_values):
+            return None
+        return _Prefix(rows[0].ids[:n], [(layer.keys, layer.values) for layer in out.past_key_values.layers])
+
+    def _prefill(self, rows: list[_Row], max_new: int, stop: tuple[str, ...], prefix: _Prefix | None = None) -> _Batch:
+        """Run the prompts of rows entering the batch (left-padded) and sample their first tokens. With a
+        shared prefix, only the rest of each prompt runs: every row's cache starts with the prefix's keys
+        and values, then padding, then its own tokens ([prefix | pad | own], positions counted past the pad)."""
         device = self.precision.device
-        width = max(len(r.ids) for r in rows)
+        skip = len(prefix.ids) if prefix is not None else 0
+        width = max(len(r.ids) for r in rows) - skip
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for b, r in enumerate(rows):  # left padding: every row's next token is at the last position
-            ids[b, width - len(r.ids):] = torch.tensor(r.ids)
-            mask[b, width - len(r.ids):] = 1
+            ids[b, width - len(r.ids) + skip:] = torch.tensor(r.ids[skip:])
+            mask[b, width - len(r.ids) + skip:] = 1
         ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) + skip
+        if prefix is not None:
+            return self._prefill_after(prefix, rows, ids, mask, positions, max_new, stop)
         step, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens
         past, pos = first.pop("past_key_values", None), first.pop("position_ids")
         if past is None:  # appends in place instead of re-copying the whole cache at every step
@@ -204,6 +247,18 @@ class TextModel:
             out = step(**first, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True,
                        logits_to_keep=1)
         return _Batch(rows, step, out.past_key_values, mask, pos[:, -1:] + 1,
+                      self._sample_rows(rows, out.logits[:, -1, :], stop))
+
+    def _prefill_after(self, prefix: _Prefix, rows: list[_Row], ids: torch.Tensor, mask: torch.Tensor,
+                       positions: torch.Tensor, max_new: int, stop: tuple[str, ...]) -> _Batch:
+        past = growing_cache(self.model.config, len(prefix.ids) + ids.shape[1] + max_new, self._cache_dtype())
+        for layer, (k, v) in zip(past.layers, prefix.layers):
+            layer.update(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
+        mask = torch.cat([mask.new_ones((len(rows), len(prefix.ids))), mask], dim=1)
+        with self.precision.autocast():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                             use_cache=True, logits_to_keep=1)
+        return _Batch(rows, self.model, out.past_key_values, mask, positions[:, -1:] + 1,
                       self._sample_rows(rows, out.logits[:, -1, :], stop))
 
     def _cache_dtype(self) -> torch.dtype | None:
