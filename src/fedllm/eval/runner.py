@@ -60,6 +60,7 @@ def _load_group(targets: list[Target]) -> tuple[Any, Any]:
 
     cfg = targets[0].cfg
     base = load_base_model(cfg.model)
+    base.model.requires_grad_(False)  # evaluation never trains: frozen weights can be stored for inference
     slot = None
     if any(t.adapter_file is not None for t in targets):
         try:
