@@ -503,3 +503,62 @@ def test_a_bf16_cache_gives_autocast_the_keys_it_would_cast(tiny_lm, monkeypatch
     stored = lm.generate(reqs, batch_size=4)
     monkeypatch.setattr(TextModel, "_cache_dtype", lambda self: None)
     assert lm.generate(reqs, batch_size=4) == stored
+
+
+def test_a_shared_few_shot_prefix_runs_once_and_answers_do_not_change(tiny_lm, monkeypatch):
+    """Prompts that share a long prefix (a few-shot block) run it once; each row's cache starts with its
+    keys and values ([prefix | pad | own tokens]); greedy and sampled answers are those of each prompt alone,
+    also for rows that join a running batch."""
+    from fedllm.eval import generation
+    from fedllm.data.formatting import prompt_text
+    from fedllm.data.schema import Message
+
+    tpl = get_template("chat", tiny_lm.tokenizer)
+    shots = [m for i in range(1, 9) for m in (Message("user", f"Question: what is {i} plus {i}?"),
+                                              Message("assistant", f"{i} plus {i} is {2 * i}."))]
+    qs = ["Question: what is 9 plus 9?", "Question: and ten?", "Question: what is eleven plus twelve, exactly?",
+          "Question: hi", "Question: what is two?"]
+    reqs = [GenRequest(str(i), prompt_text([*shots, Message("user", q)], tpl),
+                       Decoding(temperature=0.0 if i % 2 else 0.9, max_new_tokens=16), seed=i) for i, q in enumerate(qs)]
+    shared = generation._common_prefix([generation._Row(r, tiny_lm.encode(r.prompt)) for r in reqs])
+    assert shared >= generation.MIN_SHARED_PREFIX
+    alone = [tiny_lm.generate([r])[0] for r in reqs]
+    prefixes, prompt_tokens = [], []
+    real_prefix = TextModel._shared_prefix
+    monkeypatch.setattr(TextModel, "_shared_prefix", lambda self, rows: prefixes.append(real_prefix(self, rows)) or prefixes[-1])
+    count = lambda m, args: prompt_tokens.append(args[0].numel()) if args[0].shape[1] > 1 else None  # noqa: E731
+    hook = tiny_lm.model.get_input_embeddings().register_forward_pre_hook(count)
+    try:
+        together = tiny_lm.generate(reqs, batch_size=2)
+        first_run = len(prompt_tokens)
+        monkeypatch.setattr(generation, "MIN_SHARED_PREFIX", 10**9)  # the plain path: every prompt in full
+        plain = tiny_lm.generate(reqs, batch_size=2)
+    finally:
+        hook.remove()
+    assert together == alone == plain
+    assert prefixes[0] is not None and len(prefixes[0].ids) == shared and prefixes[-1] is None
+    with_prefix, without = prompt_tokens[:first_run], prompt_tokens[first_run:]
+    assert len(with_prefix) == 1 + len(without) and with_prefix[0] == shared  # the prefix once, then the prefills
+    assert sum(with_prefix) < sum(without) - 2 * shared
+
+
+def test_common_prefix_leaves_every_row_a_token_of_its_own():
+    from fedllm.eval.generation import _common_prefix, _Row
+
+    rows = [_Row(GenRequest("a", "", Decoding()), [1, 2, 3]), _Row(GenRequest("b", "", Decoding()), [1, 2, 3, 4])]
+    assert _common_prefix(rows) == 2
+    rows.append(_Row(GenRequest("c", "", Decoding()), [1, 5]))
+    assert _common_prefix(rows) == 1
+    assert _common_prefix([_Row(GenRequest("d", "", Decoding()), [7, 8])] * 2) == 1
+
+
+def test_a_base_model_alone_is_frozen_so_its_weights_can_be_stored_for_inference(tiny_run):
+    """Without any adapter target nothing freezes the base (peft would), so evaluation freezes it itself:
+    under bf16 its linear weights are then stored in bf16 once instead of re-cast at every step."""
+    from fedllm.eval.runner import _load_group
+    from fedllm.models.stored_weights import store_for_inference
+
+    (base,) = resolve_targets(["base"], model="tiny")
+    loaded, slot = _load_group([base])
+    assert slot is None and not any(p.requires_grad for p in loaded.model.parameters())
+    assert store_for_inference(loaded.model, Precision("bf16", torch.device("cpu")), "lora") > 0
