@@ -211,3 +211,31 @@ def test_weights_stored_in_bf16_give_autocast_its_own_numbers():
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
     assert model.get_base_model().get_input_embeddings().weight.dtype == torch.float32 and emb.dtype == torch.float32
     assert model.get_base_model().get_output_embeddings().weight.dtype == torch.bfloat16
+
+
+def test_inference_weights_are_bf16_only_inside_and_the_fp32_parameters_come_back():
+    """Held-out evaluation during a bf16 run stores the frozen weights in bf16 for its duration: the same
+    logits as autocast over fp32 weights, and afterwards the very fp32 parameters (and the tied head)."""
+    from fedllm.config import build_config
+    from fedllm.models.adapters import attach_adapter
+    from fedllm.models.stored_weights import inference_weights
+
+    base = load_base_model(ModelConfig(name="tiny", precision="fp32", device="cpu"))
+    model = attach_adapter(base.model, build_config({"model": {"name": "tiny"}, "lora": {"r": 4, "alpha": 8}}))
+    inner = model.get_base_model()
+    tied = inner.get_output_embeddings().weight is inner.get_input_embeddings().weight
+    before = {n: p for n, p in model.named_parameters()}
+    ids = torch.randint(3, 200, (2, 12))
+    bf16 = Precision("bf16", CPU)
+    model.eval()
+    with torch.no_grad(), bf16.autocast():
+        reference = model(input_ids=ids).logits
+    with inference_weights(model, bf16) as changed, torch.no_grad(), bf16.autocast():
+        assert changed > 0 and inner.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+        assert torch.equal(model(input_ids=ids).logits, reference)
+    after = {n: p for n, p in model.named_parameters()}
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    assert all(p.dtype == torch.float32 for p in after.values())
+    assert (inner.get_output_embeddings().weight is inner.get_input_embeddings().weight) == tied
+    with inference_weights(model, Precision("fp32", CPU)) as changed:
+        assert changed == 0

@@ -12,6 +12,7 @@ import torch
 
 from fedllm.data.schema import Sample
 from fedllm.models.precision import Precision
+from fedllm.models.stored_weights import inference_weights
 from fedllm.train.objectives import Objective, to_device
 from fedllm.train.task import Task
 
@@ -52,7 +53,7 @@ def _samples(model: Any, objective: Objective, features: dict[str, list[dict[str
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), inference_weights(model, precision):  # bf16 casts once, not in every batch
             for cid, feats in features.items():
                 objective.begin_eval(model, feats, pad_id, precision, batch_size)
                 order = sorted(range(len(feats)), key=lambda i: objective.length(feats[i]))
