@@ -76,3 +76,39 @@ def test_sample_losses_reproduce_the_pooled_loss_and_compare_two_runs(tmp_path) 
     diff = paired_heldout(sim_a, [sim_a.run_dir, sim_b.run_dir], per_client=2, console=None)
     assert diff.n_samples == 8 and diff.mean_diff != 0.0
     assert paired_heldout(sim_a, [sim_a.run_dir, sim_b.run_dir], per_client=0, console=None) is None
+
+
+def test_runs_that_start_alike_evaluate_round_zero_once(tmp_path) -> None:
+    """The quickstart's two runs share a model and start from the same adapter: the second run's round-0
+    evaluation is the first's, read back; every other evaluation runs, and the histories are those of
+    separate evaluators."""
+    import json
+
+    from fedllm.bench.quickstart import SharedStart
+    from fedllm.engine.progress import Reporter
+    from fedllm.engine.simulation import Session, Simulation
+    from fedllm.eval.heldout import HeldoutEvaluator
+
+    fed = synthetic_federation(num_clients=3, per_client=8, test_per_client=2)
+    ev = {"every": 1, "at_start": True}
+
+    def histories(shared: bool, out) -> tuple[list[list[float]], int]:
+        cfgs = [tiny_config(out, name="a", fl={"rounds": 2}, eval=ev),
+                tiny_config(out, name="b", fl={"algorithm": "local", "rounds": 2, "clients_per_round": 1}, eval=ev)]
+        session, calls = Session.create(cfgs[0]), []
+        inner = HeldoutEvaluator.from_config(cfgs[0].eval)
+        real = inner.__class__.__call__
+        counting = type("Counting", (HeldoutEvaluator,), {"__call__": lambda self, m: calls.append(1) or real(self, m)})
+        inner.__class__ = counting
+        shared_ev = SharedStart(inner)
+        for cfg in cfgs:
+            evaluator = shared_ev if shared else SharedStart(counting(cfg.eval.batch_size, cfg.eval.max_samples_per_client))
+            Simulation(cfg, session=session, dataset=fed, reporter=Reporter(quiet=True), evaluator=evaluator).run()
+        rows = [[json.loads(line)["pooled_loss"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["event"] == "eval"] for cfg in cfgs]
+        return rows, len(calls)
+
+    shared, n_shared = histories(True, tmp_path / "shared")
+    separate, n_separate = histories(False, tmp_path / "separate")
+    assert shared == separate and len(shared[0]) == 3 and shared[0][0] == shared[1][0]
+    assert n_shared == 5 and n_separate == 6

@@ -8,7 +8,9 @@ lets several clients train in parallel and averages what they learned.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -27,6 +29,50 @@ from fedllm.progress import progress_bar
 TASKS = {"sft": "quickstart.yaml", "dpo": "quickstart-dpo.yaml"}
 PAIRED_SAMPLES = 8  # held-out samples per client in the final paired comparison (~170 of Fed-PyCode's 412)
 PAIRED_FILE = "paired.json"
+
+
+class SharedStart:
+    """A held-out evaluator for runs that start from the same adapter on the same frozen model and test
+    data (the quickstart's two runs): a run's first evaluation is read back when its adapter is, to the
+    bit, the one an earlier run's first evaluation scored; everything else goes to ``inner``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.first: tuple[str, dict[str, Any]] | None = None
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:  # client(), personal … as the inner evaluator has them
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def prepare(self, *args: Any) -> None:
+        self.inner.prepare(*args)
+        self.calls = 0
+
+    def __call__(self, model: Any) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls > 1:
+            return self.inner(model)
+        digest = adapter_digest(model)
+        if self.first is not None and self.first[0] == digest:
+            return copy.deepcopy(self.first[1])
+        res = self.inner(model)
+        self.first = (digest, copy.deepcopy(res))
+        return res
+
+
+def adapter_digest(model: Any) -> str:
+    """SHA-256 of the trainable parameters' names, dtypes and bytes (the adapter a run changes)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            t = p.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def paired_heldout(sim: Any, run_dirs: list[Path], per_client: int, console: Console) -> PairedComparison | None:
@@ -100,8 +146,9 @@ def run_quickstart(output_dir: Path, overrides: list[str], console: Console, tas
     console.print(f"  model {session.base.source} ({session.base.precision.name}), "
                   f"LoRA {session.slot.num_parameters():,} trainable parameters")
     reporter = Reporter(console=console)
-    sims = [Simulation(cfg, session=session, dataset=dataset, reporter=reporter,
-                       evaluator=HeldoutEvaluator.from_config(cfg.eval)) for cfg in (local_cfg, fedavg_cfg)]
+    evaluator = SharedStart(HeldoutEvaluator.from_config(fedavg_cfg.eval))  # both runs start alike: round 0 once
+    sims = [Simulation(cfg, session=session, dataset=dataset, reporter=reporter, evaluator=evaluator)
+            for cfg in (local_cfg, fedavg_cfg)]
     for sim in sims:
         sim.run()
     runs = [load_run(local_cfg.run_dir), load_run(fedavg_cfg.run_dir)]
