@@ -2,8 +2,9 @@
 
 Generation is our own small decoding loop over the KV cache rather than ``model.generate``: every
 request carries its own seed, so a sampled answer depends on the item and not on which other items
-share its batch, and stop strings end a row as soon as they appear. Prompts are rendered with the
-same template as training (``formatting.prompt_text``).
+share its batch, and stop strings end a row as soon as they appear. Prompts that share a long prefix
+(few-shot examples) run it once. Prompts are rendered with the same template as training
+(``formatting.prompt_text``).
 """
 
 from __future__ import annotations
