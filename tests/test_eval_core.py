@@ -561,4 +561,4 @@ def test_a_base_model_alone_is_frozen_so_its_weights_can_be_stored_for_inference
     (base,) = resolve_targets(["base"], model="tiny")
     loaded, slot = _load_group([base])
     assert slot is None and not any(p.requires_grad for p in loaded.model.parameters())
-    assert store_for_inference(loaded.model, Precision("bf16", torch.device("cpu")), "lora") > 0
+    assert store_for_inference(loaded.model, Precision("bf16", torch.device("cpu"))) > 0

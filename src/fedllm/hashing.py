@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -14,4 +15,17 @@ def stable_hash(*parts: Any, size: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[: 2 * size]
 
 
-__all__ = ["stable_hash"]
+def tensor_digest(named: Iterable[tuple[str, Any]]) -> str:
+    """SHA-256 of named tensors: each name, dtype, shape and raw bytes, in the order given (equal to the
+    bit, or not)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in named:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+__all__ = ["stable_hash", "tensor_digest"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.table import Table
 from fedllm.bench.paired import PairedComparison, describe, paired_comparison
 from fedllm.bench.report import comparison_rows, load_run, plot_heldout, print_comparison, print_history
 from fedllm.config import RunConfig, load_config
+from fedllm.hashing import tensor_digest
 from fedllm.jsonl import write_json_atomic
 from fedllm.progress import progress_bar
 
@@ -54,25 +54,12 @@ class SharedStart:
         self.calls += 1
         if self.calls > 1:
             return self.inner(model)
-        digest = adapter_digest(model)
+        digest = tensor_digest((n, p) for n, p in model.named_parameters() if p.requires_grad)  # the adapter
         if self.first is not None and self.first[0] == digest:
             return copy.deepcopy(self.first[1])
         res = self.inner(model)
         self.first = (digest, copy.deepcopy(res))
         return res
-
-
-def adapter_digest(model: Any) -> str:
-    """SHA-256 of the trainable parameters' names, dtypes and bytes (the adapter a run changes)."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            t = p.detach().cpu().contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def paired_heldout(sim: Any, run_dirs: list[Path], per_client: int, console: Console) -> PairedComparison | None:

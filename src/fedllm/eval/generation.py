@@ -10,6 +10,7 @@ share its batch, and stop strings end a row as soon as they appear. Prompts that
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -86,10 +87,8 @@ MIN_SHARED_PREFIX = 64  # tokens; a chat template's system prompt alone is not w
 
 def _common_prefix(rows: Sequence[_Row]) -> int:
     """Length of the token prefix all rows share, leaving every row at least one token of its own."""
-    first, n = rows[0].ids, min(len(r.ids) for r in rows) - 1
-    for r in rows[1:]:
-        n = next((i for i in range(n) if r.ids[i] != first[i]), n)
-    return max(n, 0)
+    shared = len(os.path.commonprefix([r.ids for r in rows]))
+    return max(min(shared, min(len(r.ids) for r in rows) - 1), 0)
 
 
 def _sample(logits: torch.Tensor, d: Decoding, gen: torch.Generator | None) -> int:
@@ -216,8 +215,9 @@ class TextModel:
         if past is None:
             return None
         ids = torch.tensor([rows[0].ids[:n]], device=self.precision.device)
+        positions = torch.arange(n, device=ids.device)[None]
         with self.precision.autocast():
-            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(n, device=ids.device)[None],
+            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions,
                              past_key_values=past, use_cache=True, logits_to_keep=1)
         if not _mergeable(out.past_key_values):
             return None
@@ -237,29 +237,22 @@ class TextModel:
             mask[b, width - len(r.ids) + skip:] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0) + skip
-        if prefix is not None:
-            return self._prefill_after(prefix, rows, ids, mask, positions, max_new, stop)
-        step, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens
-        past, pos = first.pop("past_key_values", None), first.pop("position_ids")
-        if past is None:  # appends in place instead of re-copying the whole cache at every step
-            past = growing_cache(self.model.config, width + max_new, self._cache_dtype())
-        first.pop("attention_mask")
+        if prefix is not None:  # the prefix's keys and values in front, then each row's own tokens
+            step, first, pos = self.model, {"input_ids": ids}, positions
+            past = growing_cache(self.model.config, skip + width + max_new, self._cache_dtype())
+            for layer, (k, v) in zip(past.layers, prefix.layers):
+                layer.update(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
+            mask = torch.cat([mask.new_ones((len(rows), skip)), mask], dim=1)
+        else:
+            step, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens
+            past, pos = first.pop("past_key_values", None), first.pop("position_ids")
+            first.pop("attention_mask")
+            if past is None:  # appends in place instead of re-copying the whole cache at every step
+                past = growing_cache(self.model.config, width + max_new, self._cache_dtype())
         with self.precision.autocast():
             out = step(**first, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True,
                        logits_to_keep=1)
         return _Batch(rows, step, out.past_key_values, mask, pos[:, -1:] + 1,
-                      self._sample_rows(rows, out.logits[:, -1, :], stop))
-
-    def _prefill_after(self, prefix: _Prefix, rows: list[_Row], ids: torch.Tensor, mask: torch.Tensor,
-                       positions: torch.Tensor, max_new: int, stop: tuple[str, ...]) -> _Batch:
-        past = growing_cache(self.model.config, len(prefix.ids) + ids.shape[1] + max_new, self._cache_dtype())
-        for layer, (k, v) in zip(past.layers, prefix.layers):
-            layer.update(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
-        mask = torch.cat([mask.new_ones((len(rows), len(prefix.ids))), mask], dim=1)
-        with self.precision.autocast():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                             use_cache=True, logits_to_keep=1)
-        return _Batch(rows, self.model, out.past_key_values, mask, positions[:, -1:] + 1,
                       self._sample_rows(rows, out.logits[:, -1, :], stop))
 
     def _cache_dtype(self) -> torch.dtype | None:

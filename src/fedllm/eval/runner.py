@@ -113,7 +113,7 @@ def run_evaluation(targets: list[Target], settings: EvalSettings, console: Conso
         base, slot = _load_group(group)
         template = get_template(group[0].cfg.data.template, base.tokenizer)
         precision = base.precision  # the run's own (auto: measured), decoding as fast as fp32 or faster
-        store_for_inference(base.model, precision, group[0].cfg.peft.method)
+        store_for_inference(base.model, precision)
         text_model = TextModel(base.model, base.tokenizer, precision, _stop_ids(base.tokenizer))
         for t in group:
             todo = [m for tt, m in pending if tt is t]

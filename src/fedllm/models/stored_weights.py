@@ -44,35 +44,39 @@ def _store(model: Any, dtype: torch.dtype) -> _Replaced:
     return replaced
 
 
+def _weights(replaced: _Replaced) -> int:
+    return sum(name == "weight" for _, name, _ in replaced)
+
+
 def store_frozen_linears(model: Any, dtype: torch.dtype) -> int:
     """Store every frozen ``nn.Linear`` weight (and bias) of ``model`` in ``dtype``; returns how many
     weights changed. Only for inference under autocast to ``dtype``: training keeps fp32 masters."""
-    return sum(name == "weight" for _, name, _ in _store(model, dtype))
+    return _weights(_store(model, dtype))
 
 
-def _applies(model: Any, precision: Any, peft_method: str | None) -> bool:
-    """bf16 autocast only; not DoRA, whose weight norm reads the base weight outside autocast's casts."""
-    dora = peft_method == "dora" or any(any(getattr(m, "use_dora", {}).values()) for m in model.modules()
-                                        if isinstance(getattr(m, "use_dora", None), dict))
+def _applies(model: Any, precision: Any) -> bool:
+    """bf16 autocast only; not DoRA (peft's ``use_dora``), whose weight norm reads the base weight outside
+    autocast's casts."""
+    dora = any(any(d.values()) for m in model.modules() if isinstance(d := getattr(m, "use_dora", None), dict))
     return precision.name == "bf16" and not dora
 
 
-def store_for_inference(model: Any, precision: Any, peft_method: str | None) -> int:
+def store_for_inference(model: Any, precision: Any) -> int:
     """Before evaluating under ``precision``: frozen weights stored in bf16 when it is bf16 autocast (the
     answers are those of autocast over fp32 weights). Returns how many weights changed."""
-    return store_frozen_linears(model, torch.bfloat16) if _applies(model, precision, peft_method) else 0
+    return store_frozen_linears(model, torch.bfloat16) if _applies(model, precision) else 0
 
 
 @contextmanager
 def inference_weights(model: Any, precision: Any) -> Iterator[int]:
     """``store_for_inference`` for the duration of an evaluation inside training: the fp32 parameters
     themselves are put back afterwards (same objects, tied head re-tied). Yields how many weights changed."""
-    if not _applies(model, precision, None):
+    if not _applies(model, precision):
         yield 0
         return
     replaced = _store(model, torch.bfloat16)
     try:
-        yield sum(name == "weight" for _, name, _ in replaced)
+        yield _weights(replaced)
     finally:
         for module, name, old in reversed(replaced):
             setattr(module, name, old)
