@@ -87,6 +87,34 @@ def test_stop_strings_cut_the_answer(tiny_lm):
 
 
 @torch.no_grad()
+def test_a_row_ends_when_the_block_it_waits_for_closes(tiny_lm, monkeypatch):
+    """``end_after_block_defining`` ends a row at the first token after which the predicate holds of its
+    answer; a row without it, in the same batch, decodes on."""
+    p = _prompts(tiny_lm)[:2]
+    ids, out = tiny_lm.encode(p[0]), []
+    for _ in range(16):  # greedy by hand: the tokens of the full answer
+        tok = int(torch.argmax(tiny_lm.model(input_ids=torch.tensor([ids + out])).logits[0, -1]))
+        if tok in tiny_lm.stop_ids:
+            break
+        out.append(tok)
+    full = tiny_lm.tokenizer.decode(out, skip_special_tokens=True)
+    assert len(out) > 6
+    marker = tiny_lm.tokenizer.decode(out[3:5], skip_special_tokens=True)
+    seen = []
+    monkeypatch.setattr("fedllm.eval.generation.closed_block_defines",
+                        lambda text, name: seen.append(name) or (name in text))
+    reqs = [GenRequest("a", p[0], Decoding(max_new_tokens=16, end_after_block_defining=marker)),
+            GenRequest("b", p[1], Decoding(max_new_tokens=16))]
+    cut, other = tiny_lm.generate(reqs, batch_size=2)
+    k = next(k for k in range(1, len(out) + 1) if marker in tiny_lm.tokenizer.decode(out[:k], skip_special_tokens=True))
+    assert k < len(out) and cut == tiny_lm.tokenizer.decode(out[:k], skip_special_tokens=True) and full.startswith(cut)
+    assert set(seen) == {marker} and len(seen) == k  # asked once per token of the waiting row only
+    assert other == tiny_lm.generate([reqs[1]])[0]
+    assert Decoding().key() == json.dumps({"max_new_tokens": 256, "stop": [], "temperature": 0.0, "top_p": 1.0},
+                                          sort_keys=True)  # keys of answers cached before the field existed
+
+
+@torch.no_grad()
 def test_continuation_logprobs_match_a_manual_forward(tiny_lm):
     ctx = "Question: which letter?\nAnswer:"
     ids = tiny_lm.encode(ctx)

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from fedllm.eval.benchdata import EvalDataError
+from fedllm.eval.code_blocks import closed_block_defines
 from fedllm.eval.humaneval import (
     HumanEvalDataError,
     Problem,
@@ -154,6 +155,34 @@ def test_extract_keeps_prompt_helpers_and_drops_main_block(by_id):
     assert code.startswith(problem.prompt.split("def decode_cyclic")[0])
     assert "def encode_cyclic" in code and "__main__" not in code and "input()" not in code
     assert check(problem, code).status == "passed"
+
+
+def test_an_answer_is_settled_once_the_block_that_is_scored_closes(by_id):
+    """Decoding may end at the first prefix where ``closed_block_defines`` holds: every longer prefix of
+    the answer, the whole answer included, extracts to the same program."""
+    problem = by_id["HumanEval/0"]
+    name = problem.entry_point
+    answers = [
+        f"Here it is:\n```python\n{WHOLE_0}```\n\nThis function compares every pair.",
+        f"```\n{WHOLE_0}```\nor:\n```python\ndef has_close_elements(n, t):\n    return False\n```",
+        "Usage:\n```python\nprint(has_close_elements([1.0], 0.5))\n```\nCode:\n"
+        f"```python\n{WHOLE_0}```\nShell:\n```bash\npython x.py\n```",
+        f"```text\n{WHOLE_0}```\nthen ```py\n{WHOLE_0}``` done",
+        "1. The function:\n\n   ```python\n" + "".join("   " + ln for ln in WHOLE_0.splitlines(True)) + "   ```\nok",
+        f"```python\n{WHOLE_0}",  # never closed: never settled
+    ]
+    for answer in answers:
+        settled = [k for k in range(len(answer) + 1) if closed_block_defines(answer[:k], name)]
+        if answer.endswith(WHOLE_0):
+            assert not settled
+            continue
+        first = settled[0]
+        assert answer[:first].endswith("```") and settled == list(range(first, len(answer) + 1))
+        assert {extract_code(answer[:k], problem) for k in settled} == {extract_code(answer, problem)}
+    # by hand: a block defining another function, or in another language, or still open, does not settle
+    assert not closed_block_defines("```python\ndef helper():\n    pass\n```", name)
+    assert not closed_block_defines(f"```bash\n{WHOLE_0}```", name)
+    assert closed_block_defines(f"```python3 extra\n{WHOLE_0}```", name)
 
 
 # --- checking ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fedllm.eval.code_blocks import closed_block_defines
 from fedllm.eval.kv_cache import DynamicLayer, GrowingLayer, growing_cache
 from fedllm.models.peft_methods.virtual import decoding_start, input_logits, virtual_tokens
 from fedllm.models.precision import Precision
@@ -30,13 +31,19 @@ class Decoding:
     top_p: float = 1.0
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
+    # HumanEval: end the answer once a closed Python (or untagged) code block defines this function; the
+    # block scored is then fixed (code_blocks.closed_block_defines), so what follows is never generated
+    end_after_block_defining: str = ""
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
             raise ValueError(f"invalid decoding settings {self}")
 
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if not self.end_after_block_defining:  # keys of answers cached before the field existed stay valid
+            del fields["end_after_block_defining"]
+        return json.dumps(fields, sort_keys=True)
 
 
 @dataclass
@@ -286,8 +293,15 @@ class TextModel:
                 r.out.append(tok)
                 if stop and _cut_at_stop(self.tokenizer.decode(r.out[-64:]), stop)[1]:
                     r.done = True
+                elif self._block_closed(r):
+                    r.done = True
             nxt.append(tok)
         return torch.tensor(nxt, dtype=torch.long, device=self.precision.device)
+
+    def _block_closed(self, r: _Row) -> bool:
+        """Whether the row's answer has closed the code block its decoding waits for."""
+        name = r.request.decoding.end_after_block_defining
+        return bool(name) and closed_block_defines(self.tokenizer.decode(r.out, skip_special_tokens=True), name)
 
     def _retire(self, batch: _Batch, max_new: int, stop: tuple[str, ...],
                 finish: Callable[[_Row, tuple[str, ...]], None]) -> _Batch | None:

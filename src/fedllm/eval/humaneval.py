@@ -16,14 +16,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fedllm.eval import code_blocks
 from fedllm.eval.benchdata import EvalDataError, iter_jsonl
 from fedllm.eval.sandbox import OUTPUT_TAIL_CHARS, ExecResult, run_untrusted
 
 PROBLEM_FIELDS = ("task_id", "prompt", "entry_point", "test", "canonical_solution")
 DEFAULT_TIMEOUT_S = 10.0
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_PYTHON_TAGS = frozenset({"python", "python3", "py", "py3"})
 _MAIN_GUARD = re.compile(r"""^if\s+__name__\s*==\s*(['"])__main__\1\s*:""")
 
 
@@ -93,27 +92,6 @@ def chat_prompt(problem: Problem) -> str:
     )
 
 
-def _entry_def(entry_point: str) -> re.Pattern[str]:
-    return re.compile(rf"^([ \t]*)def[ \t]+{re.escape(entry_point)}[ \t]*\(", re.MULTILINE)
-
-
-def _pick_block(text: str, entry_point: str) -> str | None:
-    """The fenced block holding the answer: the first Python (or untagged) block defining the entry point,
-    else the first Python block, else the first untagged one, else the first of any language."""
-    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text)]
-    if not blocks:
-        return None
-    defines = _entry_def(entry_point)
-    for tag, body in blocks:
-        if (tag in _PYTHON_TAGS or not tag) and defines.search(body):
-            return body
-    for wanted in (lambda t: t in _PYTHON_TAGS, lambda t: not t, lambda t: True):
-        for tag, body in blocks:
-            if wanted(tag):
-                return body
-    return None
-
-
 def _drop_main_block(code: str) -> str:
     """Remove top-level ``if __name__ == "__main__":`` blocks (demo calls, input(), doctest runs)."""
     out: list[str] = []
@@ -131,7 +109,7 @@ def _drop_main_block(code: str) -> str:
 
 def _prompt_header(problem: Problem) -> str:
     """The part of the prompt before ``def <entry_point>(``: imports and helper functions."""
-    match = _entry_def(problem.entry_point).search(problem.prompt)
+    match = code_blocks.entry_def(problem.entry_point).search(problem.prompt)
     if match is not None and not match.group(1):
         return problem.prompt[: match.start()]
     imports = [ln for ln in problem.prompt.splitlines() if re.match(r"(import|from)\s+\w", ln)]
@@ -141,15 +119,15 @@ def _prompt_header(problem: Problem) -> str:
 def extract_code(response: str, problem: Problem) -> str:
     """The program (without tests) that a model response stands for.
 
-    The code is the preferred fenced block (see ``_pick_block``), else the raw text. If it defines
+    The code is the preferred fenced block (see ``code_blocks.pick``), else the raw text. If it defines
     ``def <entry_point>(`` it is a whole function: the program is the prompt's header (imports and helper
     functions before the entry point) followed by the code. Otherwise it is a body continuing the prompt
     (indented by four spaces if it starts unindented). Top-level ``__main__`` blocks are dropped.
     """
-    block = _pick_block(response, problem.entry_point)
+    block = code_blocks.pick(response, problem.entry_point)
     code = block if block is not None else response
     code = code.strip("\n")
-    defines = _entry_def(problem.entry_point)
+    defines = code_blocks.entry_def(problem.entry_point)
     match = defines.search(code)
     if match is not None and match.group(1):  # the whole answer may be indented (e.g. inside a list item)
         dedented = textwrap.dedent(code)

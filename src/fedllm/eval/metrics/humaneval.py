@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,9 +33,13 @@ class HumanEval:
         n = ctx.option("n", 1)
         # greedy for a single sample; sampling (Codex paper: T=0.8 for large k) when estimating pass@k
         d = ctx.decoding(temperature=0.0 if n == 1 else 0.8, max_new_tokens=384, top_p=0.95 if n > 1 else 1.0)
+        # an answer ends once the code block that is scored is closed (--set humaneval.whole_answers=true: at the
+        # model's end of text or max_new_tokens, for reading what it says after the code)
+        whole = ctx.option("whole_answers", False)
         samples = [(p, j) for p in problems for j in range(n)]
-        outputs = ctx.generate([(f"humaneval/{p.task_id}/{j}", ctx.prompt([{"role": "user", "content": he.chat_prompt(p)}]), d)
-                                for p, j in samples], desc="humaneval")
+        outputs = ctx.generate([(f"humaneval/{p.task_id}/{j}", ctx.prompt([{"role": "user", "content": he.chat_prompt(p)}]),
+                                 d if whole else replace(d, end_after_block_defining=p.entry_point)) for p, j in samples],
+                               desc="humaneval")
         codes = [he.extract_code(out, p) for out, (p, _) in zip(outputs, samples)]
         completions: dict[str, list[str]] = {}
         for (p, _), code in zip(samples, codes):
@@ -52,7 +57,7 @@ class HumanEval:
         statuses: dict[str, int] = {}
         for r in results:
             statuses[r.status] = statuses.get(r.status, 0) + 1
-        summary = {"problems": len(problems), "samples_per_problem": n, "statuses": statuses, "decoding": d.__dict__,
+        summary = {"problems": len(problems), "samples_per_problem": n, "statuses": statuses, "decoding": d.__dict__, "whole_answers": whole,
                    "network_isolated": all(r.network_isolated for r in results)}
         return MetricResult(columns, summary, items)
 
