@@ -92,6 +92,32 @@ def test_local_baseline_trains_one_client_and_reports_own_loss(tmp_path):
     assert summary["participants"] == ["user2"]
 
 
+def test_centralised_baseline_trains_on_every_clients_data_in_one_client(tmp_path):
+    """fl.local_client=pooled is Local on one client holding all training samples: bit for bit the run
+    in which a real client of that name holds them, while evaluation still covers the federation."""
+    ds = synthetic_federation()
+    pooled = ds.with_pooled(ds.client_ids)
+    assert pooled.client_ids == ds.client_ids and "pooled" in pooled
+    assert pooled["pooled"].train == [s for c in ds.client_ids for s in ds[c].train] and not pooled["pooled"].test
+    cfg = tiny_config(tmp_path, name="central", fl={"algorithm": "local", "local_client": "pooled", "rounds": 2})
+    _, summary = run(cfg, dataset=ds)
+    assert summary["participants"] == ["pooled"]
+    assert all(r["clients"] == ["pooled"] for r in read_metrics(cfg.run_dir / "metrics.jsonl", "round"))
+    final = read_metrics(cfg.run_dir / "metrics.jsonl", "eval")[-1]
+    assert set(final["per_client"]) == {"user0", "user1", "user2", "user3"} and final["own_loss"] is None
+    from fedllm.data.schema import ClientData, FederatedDataset
+
+    real = FederatedDataset.from_clients("synthetic", [*(ds[c] for c in ds.client_ids),
+                                                       ClientData("pooled", pooled["pooled"].train)])
+    ref = tiny_config(tmp_path, name="real", fl={"algorithm": "local", "local_client": "pooled", "rounds": 2})
+    with pytest.raises(RunError, match="pooled: no client of .* has a trainable sample"):
+        run(tiny_config(tmp_path, name="x", fl={"algorithm": "local", "local_client": "pooled", "rounds": 1}),
+            dataset=FederatedDataset.from_clients("s", [ClientData("a", [])]))
+    run(ref, dataset=real)  # a client with the id "pooled" is that client, not the pool
+    got, want = load_adapter_state(cfg.run_dir / "adapter"), load_adapter_state(ref.run_dir / "adapter")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
 def test_local_client_errors(tmp_path):
     with pytest.raises(RunError, match="not a client id"):
         run(tiny_config(tmp_path, fl={"algorithm": "local", "local_client": "nobody"}))

@@ -145,7 +145,9 @@ class FLConfig(FLParams):
     clients_per_round: int = Field(2, gt=0, description="clients sampled per round (S); at most the number of clients")
     sampling: Literal["uniform", "poisson"] = Field("uniform", description="uniform: S clients without replacement; "
                                                     "poisson: each client with q = S/N (DP-FedAvg's textbook sampling)")
-    local_client: Union[str, int] = Field(0, description="the Local baseline's client: id, or index into the client list")
+    local_client: Union[str, int] = Field(0, description="the Local baseline's client: id, or index into the client list; "
+                                                           "pooled: every client's training data in one client "
+                                                           "(the centralised baseline; a client of that id wins)")
 
 
 class TrainConfig(_Section):
@@ -508,24 +510,32 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides to a nested dict (a copy)."""
-    import copy
-
-    out = copy.deepcopy(data)
+    """Apply ``a.b.c=value`` overrides to a nested dict (a copy); values are parsed as YAML."""
+    settings = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. fl.rounds=20)")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
+        settings[key.strip()] = _parse_value(value)
+    return apply_settings(data, settings)
+
+
+def apply_settings(data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``{"fl.rounds": 20}``) in a nested dict (a copy), in order."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for key, value in settings.items():
+        parts = key.split(".")
         node = out
         for p in parts[:-1]:
             child = node.setdefault(p, {})
             if child is None:  # an optional section that is off (null) is switched on by setting a key of it
                 child = node[p] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
+                raise ConfigError(f"setting {key}={value!r}: {p!r} is a value, not a section")
             node = child
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = copy.deepcopy(value)
     return out
 
 

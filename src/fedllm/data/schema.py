@@ -5,7 +5,7 @@ A conversation is a list of chat messages, so single- and multi-turn instruction
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -84,6 +84,9 @@ class ClientData:
         return len(self.train)
 
 
+POOLED = "pooled"  # fl.local_client=pooled: every client's training data in one client (centralised training)
+
+
 class FederatedDataset(Mapping[str, ClientData]):
     """Client id -> ClientData, materialised lazily and not cached, so holding a large federation
     costs only its id list; sources that already hold all records in memory pass plain loaders."""
@@ -93,10 +96,23 @@ class FederatedDataset(Mapping[str, ClientData]):
         name: str,
         loaders: Mapping[str, Callable[[], ClientData]],
         meta: dict[str, Any] | None = None,
+        extra: Mapping[str, Callable[[], ClientData]] | None = None,
     ) -> None:
         self.name = name
         self._loaders = dict(loaders)
         self.meta = dict(meta or {})
+        self._extra = dict(extra or {})  # reachable by id but not among client_ids (the pooled client)
+
+    def with_pooled(self, ids: Sequence[str], pooled_id: str = POOLED) -> FederatedDataset:
+        """This federation plus a client ``pooled_id`` holding the training samples of ``ids`` together
+        (in that order; no test samples): the centralised baseline. It is not one of ``client_ids``, so
+        evaluation and client counts see the federation unchanged."""
+        ids = list(ids)
+
+        def pooled() -> ClientData:
+            return ClientData(pooled_id, [s for cid in ids for s in self[cid].train], [], {"pooled_from": len(ids)})
+
+        return FederatedDataset(self.name, self._loaders, self.meta, {**self._extra, pooled_id: pooled})
 
     @classmethod
     def from_clients(cls, name: str, clients: list[ClientData], meta: dict[str, Any] | None = None) -> FederatedDataset:
@@ -110,10 +126,9 @@ class FederatedDataset(Mapping[str, ClientData]):
         return list(self._loaders)
 
     def __getitem__(self, client_id: str) -> ClientData:
-        try:
-            loader = self._loaders[client_id]
-        except KeyError:
-            raise KeyError(f"{self.name}: no client {client_id!r}") from None
+        loader = self._loaders.get(client_id) or self._extra.get(client_id)
+        if loader is None:
+            raise KeyError(f"{self.name}: no client {client_id!r}")
         return loader()
 
     def __iter__(self) -> Iterator[str]:

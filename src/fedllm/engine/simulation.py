@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from safetensors import SafetensorError
 
 from fedllm.config import ConfigError, RunConfig, build_config, config_diff, config_fingerprint, dump_config
-from fedllm.data.schema import FederatedDataset, Sample
+from fedllm.data.schema import POOLED, FederatedDataset, Sample
 from fedllm.engine.checkpoint import load_latest, save_checkpoint
 from fedllm.engine.client import ClientRuntime
 from fedllm.engine.messages import Instruction
@@ -159,7 +159,9 @@ class Simulation:
                                                         rank_plan(cfg, self.client_ids))
         except ValueError as e:
             raise RunError(str(e)) from None
-        if self.algorithm.single_client:
+        if self.algorithm.single_client and cfg.fl.local_client == POOLED and POOLED not in self.client_ids:
+            self.participants = [self._pool(eligible)]
+        elif self.algorithm.single_client:
             self.participants = [self._resolve_local_client(cfg.fl.local_client)]
         else:
             self.participants = eligible
@@ -232,6 +234,17 @@ class Simulation:
 
     def _excluded_note(self) -> str:
         return f" ({len(self.excluded)} of {len(self.client_ids)} have no trainable sample)" if self.excluded else ""
+
+    def _pool(self, eligible: list[str]) -> str:
+        """fl.local_client=pooled: one client holding the training samples of every client that can train
+        (the centralised baseline); evaluation still sees the federation's clients."""
+        if not isinstance(self.fleet, LocalFleet):
+            raise RunError("fl.local_client=pooled puts every client's data in one place, so it runs in the "
+                           "simulation, not on deployed nodes")
+        if not eligible:
+            raise RunError(f"fl.local_client=pooled: no client of {self.cfg.data.dataset!r} has a trainable sample")
+        self.fleet.dataset = self.fleet.dataset.with_pooled(eligible)  # every one of them has a usable sample
+        return POOLED
 
     def _resolve_local_client(self, which: str | int) -> str:
         if isinstance(which, int):
