@@ -86,6 +86,15 @@ def test_stop_strings_cut_the_answer(tiny_lm):
     assert cut == full[: full.find(stop)]
 
 
+def test_a_streamed_answer_joins_to_the_generated_one(tiny_lm):
+    p = _prompts(tiny_lm)
+    for d, seed in ((Decoding(max_new_tokens=14), 0), (Decoding(temperature=1.0, top_p=0.9, max_new_tokens=14), 5)):
+        req = GenRequest("a", p[1], d, seed=seed)
+        pieces = list(tiny_lm.stream(req))
+        assert len(pieces) > 3 and all(pieces)
+        assert "".join(pieces) == tiny_lm.generate([req])[0]
+
+
 @torch.no_grad()
 def test_a_row_ends_when_the_block_it_waits_for_closes(tiny_lm, monkeypatch):
     """``end_after_block_defining`` ends a row at the first token after which the predicate holds of its
@@ -583,10 +592,10 @@ def test_common_prefix_leaves_every_row_a_token_of_its_own():
 def test_a_base_model_alone_is_frozen_so_its_weights_can_be_stored_for_inference(tiny_run):
     """Without any adapter target nothing freezes the base (peft would), so evaluation freezes it itself:
     under bf16 its linear weights are then stored in bf16 once instead of re-cast at every step."""
-    from fedllm.eval.runner import _load_group
+    from fedllm.eval.runner import load_targets_model
     from fedllm.models.stored_weights import store_for_inference
 
     (base,) = resolve_targets(["base"], model="tiny")
-    loaded, slot = _load_group([base])
+    loaded, slot = load_targets_model([base])
     assert slot is None and not any(p.requires_grad for p in loaded.model.parameters())
     assert store_for_inference(loaded.model, Precision("bf16", torch.device("cpu"))) > 0

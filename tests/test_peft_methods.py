@@ -153,7 +153,7 @@ def test_a_plain_peft_prompt_adapter_directory_is_evaluated_as_peft_loads_it(tmp
     slot built from it gives the run's own outputs."""
     import shutil
 
-    from fedllm.eval.runner import _load_group, _select
+    from fedllm.eval.runner import load_targets_model, select_target
     from fedllm.eval.target import resolve_target
 
     cfg = _cfg(tmp_path, "ptuning")
@@ -162,8 +162,8 @@ def test_a_plain_peft_prompt_adapter_directory_is_evaluated_as_peft_loads_it(tmp
     shutil.copytree(cfg.run_dir / "adapter", plain)
     target = resolve_target(str(plain), model="tiny")
     assert target.kind == "adapter" and target.cfg.peft.method == "prompt" and target.cfg.peft.num_virtual_tokens == 4
-    base, slot = _load_group([target])
-    _select(target, base, slot)
+    base, slot = load_targets_model([target])
+    select_target(target, base, slot)
     sim.slot.load(sim.final_state)
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():

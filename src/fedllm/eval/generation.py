@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -196,6 +196,32 @@ class TextModel:
         finally:
             self.model.train(was_training)
         return answers
+
+    @torch.no_grad()
+    def stream(self, request: GenRequest) -> Iterator[str]:
+        """One answer as pieces of text while it is generated (a chat's streaming reply); the pieces join
+        to what ``generate`` returns for the same request. A piece never ends inside a character."""
+        row = _Row(request, self.encode(request.prompt))
+        d = request.decoding
+        if d.temperature > 0:
+            row.generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        was_training = self.model.training
+        self.model.eval()
+        shown = ""
+        try:
+            batch = self._prefill([row], d.max_new_tokens, d.stop)
+            while True:
+                text = self.tokenizer.decode(row.out, skip_special_tokens=True)
+                text = _cut_at_stop(text, d.stop)[0] if d.stop else text
+                finished = row.done or row.steps >= d.max_new_tokens
+                if len(text) > len(shown) and (finished or not text.endswith("\ufffd")) and text.startswith(shown):
+                    yield text[len(shown):]
+                    shown = text
+                if finished:
+                    return
+                self._step(batch, d.stop)
+        finally:
+            self.model.train(was_training)
 
     def _decode_group(self, waiting: list[_Row], batch_size: int, max_new: int, stop: tuple[str, ...],
                       finish: Callable[[_Row, tuple[str, ...]], None]) -> None:

@@ -47,12 +47,12 @@ class EvalSettings:
         return {**self.options.get("*", {}), **self.options.get(metric, {})}
 
 
-def _stop_ids(tokenizer: Any) -> list[int]:
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
     vocab = tokenizer.get_vocab()
     return [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
 
 
-def _load_group(targets: list[Target]) -> tuple[Any, Any]:
+def load_targets_model(targets: list[Target]) -> tuple[Any, Any]:
     """(BaseModel, adapter slot or None) for targets sharing a model; the slot exists only if some target has an adapter."""
     from fedllm.models.adapters import AdapterSlot, attach_adapter, peft_method
     from fedllm.models.loading import load_base_model
@@ -71,7 +71,7 @@ def _load_group(targets: list[Target]) -> tuple[Any, Any]:
     return base, slot
 
 
-def _select(target: Target, base: Any, slot: Any) -> Any:
+def select_target(target: Target, base: Any, slot: Any) -> Any:
     """Put the target's adapter in the slot; a context manager that disables it for the base model."""
     if target.adapter_file is None:
         return base.model.disable_adapter() if slot is not None else nullcontext()
@@ -110,16 +110,16 @@ def run_evaluation(targets: list[Target], settings: EvalSettings, console: Conso
         pending = [(t, m) for t in group for m in metrics if not _reuse(t, m, settings, rows[id(t)])]
         if not pending:
             continue
-        base, slot = _load_group(group)
+        base, slot = load_targets_model(group)
         template = get_template(group[0].cfg.data.template, base.tokenizer)
         precision = base.precision  # the run's own (auto: measured), decoding as fast as fp32 or faster
         store_for_inference(base.model, precision)
-        text_model = TextModel(base.model, base.tokenizer, precision, _stop_ids(base.tokenizer))
+        text_model = TextModel(base.model, base.tokenizer, precision, end_of_turn_ids(base.tokenizer))
         for t in group:
             todo = [m for tt, m in pending if tt is t]
             if not todo:
                 continue
-            with _select(t, base, slot):
+            with select_target(t, base, slot):
                 fp = _fingerprint(t, precision.name)
                 for m in todo:
                     ctx = EvalContext(metric=m.name, target=t, model=text_model, template=template, fingerprint=fp,
