@@ -133,3 +133,38 @@ def write_aya_fixture(path: Path) -> Path:
               "annotation_type": "original-annotations", "user_id": "u_en"} for i in range(2)]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def chromium_executable() -> str | None:
+    """Debian's Chromium (``make install`` installs it where it can), for the browser tests."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium driven by Playwright (the system's Chromium: nothing is downloaded)."""
+    path = chromium_executable()
+    if path is None:
+        pytest.skip("no chromium on PATH: `make install` installs Debian's chromium when run as root with apt")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str, screenshot=None):
+    """Load ``url`` in a fresh page; returns (page, problems): console errors and page errors as text."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
+    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.goto(url, wait_until="load")
+    if screenshot is not None:
+        page.screenshot(path=str(screenshot), full_page=True)
+    return page, problems

@@ -323,6 +323,9 @@ def test_serve_without_nodes_stops_with_the_reason_and_exit_status_1(tmp_path):
     assert not cfg.run_dir.exists()
 
 
+# slow: ~130 s, 45 of them waiting out deploy.round_timeout for the killed node's replies (the simulation's
+# failing-client tests cover what the server does with a missing update in the fast suite)
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_a_node_killed_mid_round_does_not_stop_the_run_and_is_used_again_when_back(tmp_path):
     cfg = deployed_config(tmp_path, fl={"rounds": 2, "clients_per_round": 4},
@@ -350,7 +353,7 @@ def test_a_node_killed_mid_round_does_not_stop_the_run_and_is_used_again_when_ba
 
 
 # slow: each deployment test spends ~110 s here, mostly in the ClientApp process Flower starts for every
-# message; the fast suite keeps the TLS equivalence, node failure, Ray and serve deployments (make test-all runs all)
+# message; the fast suite keeps the TLS equivalence, Ray and serve deployments (make test-all runs all)
 @pytest.mark.slow
 @pytest.mark.timeout(500)
 def test_a_killed_server_resumes_from_its_checkpoint_to_the_same_adapter(tmp_path):
@@ -412,7 +415,7 @@ def test_ray_simulation_runs_clients_in_parallel_actors_to_the_sequential_result
 
 
 # slow: each deployment test spends ~110 s here, mostly in the ClientApp process Flower starts for every
-# message; the fast suite keeps the TLS equivalence, node failure, Ray and serve deployments (make test-all runs all)
+# message; the fast suite keeps the TLS equivalence, Ray and serve deployments (make test-all runs all)
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_secagg_rounds_reach_the_plain_mean_within_quantization(tmp_path):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -217,13 +218,229 @@ def peft_table(
 
 @app.command()
 @_friendly
+def bench(
+    suite: Optional[str] = typer.Argument(None, help="a built-in suite (see --list) or a suite YAML file"),
+    output_dir: Optional[Path] = typer.Option(None, "--out", help="the suite's directory: runs, results.jsonl, "
+                                                                  "tables (default: runs/bench/<suite name>)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="cells run at once, each in its own process"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per cell (default: the cores "
+                                                                         "shared out among the jobs)"),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="comma-separated GPU ids; each running cell gets one"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the cells, what each needs and its settings; run nothing"),
+    configs: bool = typer.Option(False, "--configs", help="with --dry-run: print every cell's resolved configuration"),
+    list_suites: bool = typer.Option(False, "--list", help="list the built-in suites"),
+) -> None:
+    """Run a benchmark suite (a grid of runs and the metrics to evaluate): finished cells are skipped,
+    interrupted ones resumed; every number goes to one results store, then the suite's table."""
+    from fedllm.bench.suite import builtin_suites, load_suite
+
+    if list_suites:
+        _list_suites(builtin_suites())
+        return
+    if suite is None:
+        raise typer.BadParameter("name a suite (fedllm bench --list shows the built-in ones)")
+    if gpus is not None and not gpus.strip():
+        raise typer.BadParameter("--gpus takes ids such as 0,1")
+    loaded = load_suite(suite, output_dir)
+    out = loaded.out
+    if dry_run:
+        _dry_run(loaded, out, configs)
+        return
+    from fedllm.bench.suite_run import RunSettings, run_suite
+
+    gpu_ids = tuple(g.strip() for g in gpus.split(",")) if gpus else ()
+    if gpu_ids and jobs == 1:
+        jobs = len(gpu_ids)  # a cell per GPU unless told otherwise
+    result = run_suite(loaded, RunSettings(jobs=jobs, threads=threads, gpus=gpu_ids),
+                       lambda m: console.print(m, highlight=False))
+    _suite_report(loaded)
+    if result["failed"]:
+        err_console.print(f"[bold red]{len(result['failed'])} cell(s) failed[/] (see {out / 'failures.json'}); "
+                          f"run the same command again to retry them", highlight=False)
+        raise typer.Exit(1)
+
+
+def _list_suites(found: dict[str, Path]) -> None:
+    from fedllm.bench.suite import load_suite
+
+    table = Table(title="Built-in suites (fedllm bench NAME --dry-run: its cells and what it needs)", box=box.SIMPLE_HEAD)
+    table.add_column("suite", no_wrap=True)
+    table.add_column("cells", justify="right")
+    table.add_column("what", overflow="fold")
+    for name in sorted(found):
+        s = load_suite(found[name])
+        table.add_row(name, str(len(s.cells)), s.spec.description)
+    console.print(table)
+
+
+def _dry_run(suite: Any, out: Path, configs: bool) -> None:
+    from fedllm.bench.suite_run import RESULTS, ResultsStore, plan
+    from fedllm.config import dump_config
+
+    steps = plan(suite, ResultsStore(out / RESULTS))
+    spec = suite.spec
+    console.print(f"[bold]{spec.name}[/]: {spec.description}".rstrip(": "), highlight=False)
+    if spec.paper:
+        console.print(f"reproduces: {spec.paper}", highlight=False)
+    if spec.needs:
+        console.print(f"needs: {spec.needs}", highlight=False)
+    console.print(f"metrics: {', '.join(spec.metrics)}; runs under {out / 'runs'}", highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, title=f"{len(steps)} cells")
+    for col in ("cell", "status", "config", "settings"):
+        table.add_column(col, overflow="fold")
+    for st in steps:
+        settings = " ".join(f"{k}={v}" for k, v in st.cell.settings.items())
+        table.add_row(st.cell.id, st.action if st.action != "train" else "to run", st.cell.config_hash, settings)
+    console.print(table)
+    if configs:
+        for st in steps:
+            console.rule(st.cell.id)
+            console.print(dump_config(st.cell.cfg), highlight=False, markup=False)
+
+
+def _suite_report(suite: Any) -> None:
+    """The suite's table (printed; .md, .csv, .tex) and its HTML page, from the results store."""
+    from fedllm.bench.html_report import write_suite_report
+    from fedllm.bench.suite_report import arms, table as suite_table
+    from fedllm.bench.suite_run import RESULTS, ResultsStore
+    from fedllm.jsonl import write_text_atomic
+
+    out = suite.out
+    rows = ResultsStore(out / RESULTS).rows(suite)
+    found = arms(suite, rows)
+    for ext, fmt in (("md", "markdown"), ("csv", "csv"), ("tex", "latex")):
+        write_text_atomic(out / f"table.{ext}", suite_table(suite, found, fmt))
+    console.print(suite_table(suite, found, "markdown"), highlight=False, markup=False)
+    page = write_suite_report(suite, rows, out)
+    console.print(f"table: {out / 'table.md'} (also .csv, .tex); report: {page}; every number: {out / RESULTS}",
+                  highlight=False)
+
+
+@app.command()
+@_friendly
+def chat(
+    run: str = typer.Argument(..., help="a run directory, <run>@round-N, an adapter directory, or base"),
+    compare_base: bool = typer.Option(False, "--compare-base", help="after each reply, the base model's to the same "
+                                                                    "conversation (the run's replies make the history)"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (the same reply every time)"),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    system: Optional[str] = typer.Option(None, "--system", help="a system message opening the conversation"),
+    client: Optional[str] = typer.Option(None, "--client", help="answer with this client's personal adapter (runs "
+                                                                "of ditto, pfedme, fedsa or personal.finetune_steps)"),
+) -> None:
+    """Chat with a trained run in the terminal: its adapter on its base model, its template, replies streamed."""
+    import sys
+
+    from fedllm.chat.terminal import chat_loop
+
+    model, decoding = _chat_model(run, client, temperature, top_p, max_new_tokens)
+    t = model.target
+    which = f"client {client}'s personal adapter" if client else "adapter" if model.has_adapter else "no adapter"
+    err_console.print(f"chatting with [bold]{t.label}[/] ({t.cfg.model.name}, template {t.cfg.data.template}, "
+                      f"{which}); /help for commands, Ctrl-D to leave", highlight=False)
+
+    def lines() -> Iterator[str]:
+        while True:
+            try:
+                yield input("you> ") if sys.stdin.isatty() else next(sys.stdin)
+            except (EOFError, StopIteration, KeyboardInterrupt):
+                return
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    chat_loop(model, decoding, lines(), write, compare_base=compare_base, system=system)
+
+
+def _chat_model(run: str, client: Optional[str], temperature: float, top_p: float, max_new_tokens: int) -> tuple[Any, Any]:
+    """The run loaded for conversation (chat, ui) and the decoding its replies use."""
+    from fedllm.chat.model import ChatModel
+    from fedllm.eval.generation import Decoding
+    from fedllm.eval.target import TargetError
+
+    if top_p == 0:
+        raise typer.BadParameter("--top-p must be above 0")
+    try:
+        return ChatModel.load(run, client), Decoding(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    except TargetError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+@app.command()
+@_friendly
+def ui(
+    run: str = typer.Argument(..., help="a run directory, <run>@round-N, an adapter directory, or base"),
+    host: str = typer.Option("127.0.0.1", "--host", help="the address to listen on (loopback: this machine only)"),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="0: any free port"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy"),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    client: Optional[str] = typer.Option(None, "--client", help="answer with this client's personal adapter"),
+) -> None:
+    """A local web page to chat with a run (and its base model beside it); Ctrl-C stops it."""
+    from fedllm.chat.web import ChatServer
+
+    model, decoding = _chat_model(run, client, temperature, top_p, max_new_tokens)
+    try:
+        server = ChatServer(model, decoding, host, port)
+    except OSError as e:
+        raise typer.BadParameter(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    console.print(f"chat with {model.target.label}: [bold]{server.url}[/] (Ctrl-C stops)", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@app.command()
+@_friendly
+def export(
+    run: str = typer.Argument(..., help="a run directory, <run>@round-N or an adapter directory"),
+    output_dir: Path = typer.Option(..., "--out", help="directory for the merged model (Hugging Face layout)"),
+    dtype: str = typer.Option("float32", "--dtype", help="weights of the merged model: float32, bfloat16 or float16"),
+    gguf_path: Optional[Path] = typer.Option(None, "--gguf", help="also write this GGUF file (llama.cpp, "
+                                                                  "OpenAI-compatible servers built on it)"),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF weights: f32, f16, bf16 or q8_0 (norms stay f32)"),
+) -> None:
+    """Merge a run's adapter into its base model and save it (safetensors, config, tokenizer); optionally GGUF."""
+    from fedllm.eval.target import TargetError
+    from fedllm.export.gguf_file import TENSOR_TYPES, source_gguf, write_gguf
+    from fedllm.export.merge import DTYPES, ExportError, merged_model, save_merged
+
+    if dtype not in DTYPES:
+        raise typer.BadParameter(f"--dtype {dtype!r}: one of {', '.join(DTYPES)}")
+    if gguf_path is not None and gguf_type not in TENSOR_TYPES:
+        raise typer.BadParameter(f"--gguf-type {gguf_type!r}: one of {', '.join(TENSOR_TYPES)}")
+    try:
+        merged = merged_model(run)
+        if gguf_path is not None:  # before the dtype cast of save_merged: the GGUF is written from fp32
+            console.print(f"GGUF ({gguf_type}): {write_gguf(merged, gguf_path, gguf_type, source_gguf(merged.target.cfg.model.name))}")
+        console.print(f"merged model ({dtype}): {save_merged(merged, output_dir, dtype)}")
+    except (TargetError, ExportError) as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+@app.command()
+@_friendly
 def report(
     runs: list[Path] = typer.Argument(..., help="run directories to compare"),
     plot: Optional[Path] = typer.Option(None, help="also write the held-out loss per round as a PNG"),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="also show when each run's pooled held-out "
                                                 "loss first reached this: round, simulated clock (systems:), bytes"),
+    html: Optional[Path] = typer.Option(None, "--html", help="also write one self-contained HTML page of the runs "
+                                                            "(table, curves, cost, configurations)"),
 ) -> None:
-    """Compare finished runs: final held-out loss and timings, from their files alone."""
+    """Compare finished runs: final held-out loss and timings, from their files alone. Given a suite's
+    directory (`fedllm bench --out DIR`), write its tables and HTML report again."""
+    from fedllm.bench.suite import SNAPSHOT, load_suite
+
+    if len(runs) == 1 and (runs[0] / SNAPSHOT).is_file():
+        _suite_report(load_suite(runs[0] / SNAPSHOT, runs[0]))
+        return
     from fedllm.bench.report import (comparison_rows, fairness_rows, load_run, plot_heldout, print_comparison,
                                      print_fairness, print_time_to_target, time_to_target)
 
@@ -234,6 +451,16 @@ def report(
         print_time_to_target([time_to_target(r, target_loss) for r in loaded], target_loss, console)
     if plot:
         console.print(f"plot: {plot_heldout(loaded, plot)}")
+    if html:
+        from fedllm.bench.html_report import suite_page
+        from fedllm.bench.suite import runs_as_suite
+        from fedllm.bench.suite_run import collect
+        from fedllm.jsonl import write_text_atomic
+
+        suite = runs_as_suite(runs, html.parent)
+        rows = [r for cell in suite.cells for r in collect(cell, suite, "", threads=0)]  # runs do not record it
+        write_text_atomic(html, suite_page(suite, rows, {}))
+        console.print(f"report: {html}")
 
 
 @app.command("eval")

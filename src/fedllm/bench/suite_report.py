@@ -1,0 +1,135 @@
+"""A suite's results as tables: each arm (the cell labels other than the seed) with mean ± std over
+seeds per metric, and whether its held-out loss differs from the reference arm's beyond noise.
+
+Significance is paired by client: for each client, the arm's final held-out loss minus the
+reference's under the same seed, averaged over seeds; the 95% interval is a t interval over clients
+and the p-value a sign-flip test over clients (``bench.paired``), as in the quickstart's verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedllm.bench.paired import PairedComparison, paired_comparison
+from fedllm.bench.suite import RUN_METRIC, Suite
+from fedllm.bench.tables import render
+
+SEED_AXIS = "seed"
+LOWER_IS_BETTER = {RUN_METRIC, "train_seconds", "eval_seconds", "bytes_up", "bytes_down", "train_flops"}
+
+
+@dataclass
+class Arm:
+    """One row of the table: the labels that name it and, per metric, the value of each seed."""
+
+    labels: dict[str, str]
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> seed -> value
+    per_client: dict[str, dict[str, float]] = field(default_factory=dict)  # seed -> client -> held-out loss
+    cells: list[str] = field(default_factory=list)
+    vs_reference: PairedComparison | None = None
+
+    @property
+    def name(self) -> str:
+        return ", ".join(self.labels.values()) or "all"
+
+
+def arms(suite: Suite, rows: list[dict[str, Any]]) -> list[Arm]:
+    """The suite's arms in grid order, filled from the store's rows (cells without rows stay empty)."""
+    by_key: dict[tuple[tuple[str, str], ...], Arm] = {}
+    seed_of = {}
+    for cell in suite.cells:
+        labels = {a: v for a, v in cell.labels.items() if a != SEED_AXIS}
+        key = tuple(labels.items())
+        arm = by_key.setdefault(key, Arm(labels))
+        arm.cells.append(cell.id)
+        seed_of[cell.id] = cell.labels.get(SEED_AXIS, str(cell.cfg.seed))
+    owner = {c: arm for arm in by_key.values() for c in arm.cells}
+    for r in rows:
+        arm = owner.get(r["cell"])
+        if arm is None or r["value"] is None:
+            continue
+        seed = seed_of[r["cell"]]
+        arm.values.setdefault(r["metric"], {})[seed] = float(r["value"])
+        if r["metric"] == RUN_METRIC and r.get("per_client"):
+            arm.per_client[seed] = r["per_client"]
+    found = list(by_key.values())
+    ref = suite.reference()
+    if ref is not None:
+        axis, label = ref
+        for arm in found:
+            if arm.labels.get(axis) == label:
+                continue
+            twin = by_key.get(tuple({**arm.labels, axis: label}.items()))
+            if twin is not None:
+                arm.vs_reference = compare(arm, twin)
+    return found
+
+
+def compare(arm: Arm, ref: Arm) -> PairedComparison | None:
+    """The arm's held-out loss minus the reference's, paired by client and seed; None without a pair."""
+    seeds = sorted(set(arm.per_client) & set(ref.per_client))
+    clients = sorted(set.intersection(*(set(arm.per_client[s]) & set(ref.per_client[s]) for s in seeds))) if seeds else []
+    if not clients:
+        return None
+    a = {c: [arm.per_client[s][c] for s in seeds] for c in clients}
+    b = {c: [ref.per_client[s][c] for s in seeds] for c in clients}
+    return paired_comparison(a, b)
+
+
+def metric_names(found: list[Arm], suite: Suite) -> list[str]:
+    """Quality metrics first (held-out loss, then the eval columns), cost last."""
+    seen = list(dict.fromkeys(m for arm in found for m in arm.values))
+    cost = [m for m in seen if m in {"train_seconds", "eval_seconds", "local_steps", "train_tokens", "train_flops",
+                                     "bytes_up", "bytes_down"}]
+    quality = [m for m in seen if m not in cost]
+    return sorted(quality, key=lambda m: m != RUN_METRIC) + cost
+
+
+def _fmt(values: dict[str, float], metric: str) -> str:
+    if not values:
+        return "-"
+    mean, std = seed_stats(values.values())
+    digits = 4 if metric == RUN_METRIC else 2 if abs(mean) < 1e4 else 0
+    text = f"{mean:.{digits}f}" if digits else f"{mean:.3g}"
+    if math.isfinite(std):
+        text += f" ± {std:.{digits}f}" if digits else f" ± {std:.2g}"
+    return text
+
+
+def seed_stats(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; NaN for one seed) over seeds."""
+    v = [x for x in values if math.isfinite(x)]
+    if not v:
+        return float("nan"), float("nan")
+    return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else float("nan")
+
+
+def _versus(c: PairedComparison | None) -> tuple[str, str]:
+    if c is None:
+        return "", ""
+    lo, hi = c.client_ci
+    mark = " *" if c.significant else ""
+    return f"{c.client_mean_diff:+.4f} ({lo:+.4f} … {hi:+.4f}){mark}", f"{c.p_value:.3g}"
+
+
+def table(suite: Suite, found: list[Arm], fmt: str, metrics: list[str] | None = None) -> str:
+    """The suite's table: arm labels, then each metric (mean ± std over seeds, seeds counted), then the
+    paired difference of held-out loss against the reference arm with its 95% interval and p."""
+    metrics = metrics or metric_names(found, suite)
+    axes = [a for a in suite.axes if a != SEED_AXIS]
+    ref = suite.reference()
+    head = [*axes, "seeds", *metrics]
+    if ref is not None:
+        head += [f"Δ held-out vs {ref[1]} (95% CI)", "p"]
+    out = []
+    for arm in found:
+        n = max((len(v) for v in arm.values.values()), default=0)
+        row = [*(arm.labels[a] for a in axes), str(n), *(_fmt(arm.values.get(m, {}), m) for m in metrics)]
+        if ref is not None:
+            row += list(_versus(arm.vs_reference)) if arm.labels.get(ref[0]) != ref[1] else ["(reference)", ""]
+        out.append(row)
+    return render(head, out, fmt, left=len(axes))
