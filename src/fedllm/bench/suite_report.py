@@ -19,7 +19,6 @@ from fedllm.bench.suite import RUN_METRIC, Suite
 from fedllm.bench.tables import render
 
 SEED_AXIS = "seed"
-LOWER_IS_BETTER = {RUN_METRIC, "train_seconds", "eval_seconds", "bytes_up", "bytes_down", "train_flops"}
 
 
 @dataclass
@@ -80,13 +79,13 @@ def compare(arm: Arm, ref: Arm) -> PairedComparison | None:
     return paired_comparison(a, b)
 
 
-def metric_names(found: list[Arm], suite: Suite) -> list[str]:
-    """Quality metrics first (held-out loss, then the eval columns), cost last."""
-    seen = list(dict.fromkeys(m for arm in found for m in arm.values))
-    cost = [m for m in seen if m in {"train_seconds", "eval_seconds", "local_steps", "train_tokens", "train_flops",
-                                     "bytes_up", "bytes_down"}]
-    quality = [m for m in seen if m not in cost]
-    return sorted(quality, key=lambda m: m != RUN_METRIC) + cost
+COST = ("train_seconds", "eval_seconds", "local_steps", "train_tokens", "train_flops", "bytes_up", "bytes_down")
+
+
+def metric_names(found: list[Arm]) -> list[str]:
+    """The quality metrics the arms have: held-out loss first, then the eval columns (cost is apart)."""
+    seen = list(dict.fromkeys(m for arm in found for m in arm.values if m not in COST))
+    return sorted(seen, key=lambda m: m != RUN_METRIC)
 
 
 def _fmt(values: dict[str, float], metric: str) -> str:
@@ -119,10 +118,10 @@ def _versus(c: PairedComparison | None) -> tuple[str, str]:
 def table(suite: Suite, found: list[Arm], fmt: str, metrics: list[str] | None = None) -> str:
     """The suite's table: arm labels, then each metric (mean ± std over seeds, seeds counted), then the
     paired difference of held-out loss against the reference arm with its 95% interval and p."""
-    metrics = metrics or metric_names(found, suite)
+    metrics = metrics or metric_names(found)
     axes = [a for a in suite.axes if a != SEED_AXIS]
     ref = suite.reference()
-    head = [*axes, "seeds", *metrics]
+    head = [*axes, "seeds", *("held-out loss" if m == RUN_METRIC else m for m in metrics)]
     if ref is not None:
         head += [f"Δ held-out vs {ref[1]} (95% CI)", "p"]
     out = []
