@@ -244,7 +244,7 @@ def bench(
     loaded = load_suite(suite, output_dir)
     out = loaded.out
     if dry_run:
-        _dry_run(loaded, out, configs)
+        _dry_run(loaded, configs)
         return
     from fedllm.bench.suite_run import RunSettings, run_suite
 
@@ -273,10 +273,11 @@ def _list_suites(found: dict[str, Path]) -> None:
     console.print(table)
 
 
-def _dry_run(suite: Any, out: Path, configs: bool) -> None:
+def _dry_run(suite: Any, configs: bool) -> None:
     from fedllm.bench.suite_run import RESULTS, ResultsStore, plan
     from fedllm.config import dump_config
 
+    out = suite.out
     steps = plan(suite, ResultsStore(out / RESULTS))
     spec = suite.spec
     console.print(f"[bold]{spec.name}[/]: {spec.description}".rstrip(": "), highlight=False)

@@ -58,7 +58,7 @@ def _curves(suite: Suite, found: list[Arm]) -> str:
 def _bytes_vs_quality(found: list[Arm]) -> str:
     pts = {}
     for arm in found:
-        b, q = arm.values.get("bytes_up", {}), arm.values.get(RUN_METRIC, {})
+        b, q = arm.cost.get("bytes_up", {}), arm.values.get(RUN_METRIC, {})
         if b and q:
             pts[arm.name] = [(seed_stats(b.values())[0] / 1e6, seed_stats(q.values())[0])]
     if len(pts) < 2:
@@ -118,7 +118,7 @@ def _cost_table(found: list[Arm]) -> str:
     for arm in found:
         row = [arm.name]
         for key, _, scale, digits in cols:
-            v = arm.values.get(key, {})
+            v = arm.cost.get(key, {})
             row.append(f"{seed_stats(v.values())[0] * scale:.{digits}f}" if v else "-")
         rows.append(row)
     return render(["arm", *(c[1] for c in cols)], rows, "html")

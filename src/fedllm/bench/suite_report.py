@@ -26,7 +26,8 @@ class Arm:
     """One row of the table: the labels that name it and, per metric, the value of each seed."""
 
     labels: dict[str, str]
-    values: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> seed -> value
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # quality metric -> seed -> value
+    cost: dict[str, dict[str, float]] = field(default_factory=dict)  # cost figure -> seed -> value
     per_client: dict[str, dict[str, float]] = field(default_factory=dict)  # seed -> client -> held-out loss
     cells: list[str] = field(default_factory=list)
     vs_reference: PairedComparison | None = None
@@ -52,7 +53,7 @@ def arms(suite: Suite, rows: list[dict[str, Any]]) -> list[Arm]:
         if arm is None or r["value"] is None:
             continue
         seed = seed_of[r["cell"]]
-        arm.values.setdefault(r["metric"], {})[seed] = float(r["value"])
+        (arm.cost if r["source"] == "cost" else arm.values).setdefault(r["metric"], {})[seed] = float(r["value"])
         if r["metric"] == RUN_METRIC and r.get("per_client"):
             arm.per_client[seed] = r["per_client"]
     found = list(by_key.values())
@@ -79,12 +80,9 @@ def compare(arm: Arm, ref: Arm) -> PairedComparison | None:
     return paired_comparison(a, b)
 
 
-COST = ("train_seconds", "eval_seconds", "local_steps", "train_tokens", "train_flops", "bytes_up", "bytes_down")
-
-
 def metric_names(found: list[Arm]) -> list[str]:
     """The quality metrics the arms have: held-out loss first, then the eval columns (cost is apart)."""
-    seen = list(dict.fromkeys(m for arm in found for m in arm.values if m not in COST))
+    seen = list(dict.fromkeys(m for arm in found for m in arm.values))
     return sorted(seen, key=lambda m: m != RUN_METRIC)
 
 

@@ -31,8 +31,8 @@ from fedllm.runs import SUMMARY, RunError, is_grouped, read_run_config, started
 
 RESULTS = "results.jsonl"
 DISTRIBUTION = "fedllm-kit"  # the name fedllm is published under (the import package is fedllm)
-COST_KEYS = ("train_seconds", "eval_seconds")  # summary keys; plus these of summary["cost"]:
-COST_DETAIL = ("local_steps", "train_tokens", "train_flops", "bytes_up", "bytes_down")
+COST = {"train_seconds": None, "eval_seconds": None, "local_steps": "cost", "train_tokens": "cost",
+        "train_flops": "cost", "bytes_up": "cost", "bytes_down": "cost"}  # figure -> summary section (None: top)
 
 
 def code_version() -> str:
@@ -242,9 +242,8 @@ def collect(cell: Cell, suite: Suite, version: str, threads: int) -> list[dict[s
     final = summary.get("final_eval") or {}
     rows = [{**common, "source": RUN_METRIC, "metric": RUN_METRIC, "value": final.get("pooled_loss"),
              "per_client": _per_client(d)}]
-    cost = summary.get("cost") or {}
-    rows += [{**common, "source": "cost", "metric": k, "value": summary.get(k)} for k in COST_KEYS]
-    rows += [{**common, "source": "cost", "metric": k, "value": cost.get(k)} for k in COST_DETAIL]
+    section = {None: summary, "cost": summary.get("cost") or {}}
+    rows += [{**common, "source": "cost", "metric": k, "value": section[part].get(k)} for k, part in COST.items()]
     for metric in suite.eval_metrics:
         path = d / "eval" / "final" / metric / "summary.json"
         if not path.is_file():

@@ -56,11 +56,10 @@ def personal_state(target: Target, global_state: dict[str, Any], client: str) ->
     """A client's own adapter in a run that keeps one: fine-tuned at the last personal evaluation
     (``personal.finetune_steps``), else the personalised method's (Ditto's v_i, pFedMe's θ_i, FedSA's
     own B). TargetError when the run keeps none for that client."""
-    from fedllm.engine.personal import FINETUNED
+    from fedllm.engine.personal import FINETUNED, method_adapter
     from fedllm.engine.store import ClientStateStore
     from fedllm.eval.target import TargetError
     from fedllm.fl import build_algorithm
-    from fedllm.fl.registries import CLIENT_METHODS
     from fedllm.fl.state import match
     from fedllm.runs import CLIENT_STATE
 
@@ -74,8 +73,7 @@ def personal_state(target: Target, global_state: dict[str, Any], client: str) ->
     tuned = store.get(client, FINETUNED)
     if tuned is not None:
         return match(tuned, global_state)
-    method = CLIENT_METHODS.lookup(build_algorithm(target.cfg.fl, 1).client_method()["name"])
-    own = method.personal_adapter(global_state, store.get(client))
+    own = method_adapter(build_algorithm(target.cfg.fl, 1).client_method()["name"], global_state, store, client)
     if own is None:
         raise TargetError(f"{target.run_dir}: no personal adapter for client {client!r} ({why}, for clients that "
                           f"trained)")

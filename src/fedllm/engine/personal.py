@@ -41,11 +41,17 @@ class PersonalSpec:
                 "seed": self.seed}
 
 
+def method_adapter(method: str, global_state: State, store: ClientStateStore | None, client_id: str) -> State | None:
+    """The client method's personal adapter for a client, from the global one and the client's stored
+    state (Ditto's v_i, pFedMe's θ_i, FedSA's own B); None for methods that keep none."""
+    state = store.get(client_id) if store is not None else None
+    return CLIENT_METHODS.lookup(method).personal_adapter(global_state, state)
+
+
 def own_adapter(spec: PersonalSpec, global_state: State, data: ClientData, rt: ClientRuntime,
                 store: ClientStateStore | None) -> tuple[State, str]:
     """(the adapter this client uses, its kind: personal | global, + "+ft" when fine-tuned)."""
-    cls = CLIENT_METHODS.lookup(spec.method["name"])
-    own = cls.personal_adapter(global_state, store.get(data.id) if store is not None else None)
+    own = method_adapter(spec.method["name"], global_state, store, data.id)
     adapter, kind = (own, "personal") if own is not None else (global_state, "global")
     if spec.finetune_steps:
         tuned = finetune_client(adapter, data, rt, spec.train or {}, spec.finetune_steps, spec.lr, spec.seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -172,10 +173,7 @@ class TextModel:
         time; when a quarter of the rows have finished, waiting requests take their places (continuous
         batching), so a batch does not idle at a few long answers. Temperature and top-p apply per row, so
         MT-Bench's per-category temperatures still share batches."""
-        rows = [_Row(r, self.encode(r.prompt), index=i) for i, r in enumerate(requests)]
-        for row in rows:
-            if row.request.decoding.temperature > 0:
-                row.generator = torch.Generator(device="cpu").manual_seed(row.request.seed)
+        rows = [self._row(r, i) for i, r in enumerate(requests)]
         groups: dict[tuple[int, tuple[str, ...]], list[_Row]] = {}
         for row in rows:
             d = row.request.decoding
@@ -188,27 +186,36 @@ class TextModel:
             if on_done is not None:
                 on_done(row.request, answers[row.index])
 
+        with self._inference():
+            for (max_new, stop), group in groups.items():
+                self._decode_group(sorted(group, key=lambda r: len(r.ids)), batch_size, max_new, stop, finish)
+        return answers
+
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        """The model in eval mode (no dropout) for the block, then back in the mode it was in."""
         was_training = self.model.training
         self.model.eval()
         try:
-            for (max_new, stop), group in groups.items():
-                self._decode_group(sorted(group, key=lambda r: len(r.ids)), batch_size, max_new, stop, finish)
+            yield
         finally:
             self.model.train(was_training)
-        return answers
+
+    def _row(self, request: GenRequest, index: int = 0) -> _Row:
+        """A request's row, with its own seeded generator when it samples."""
+        row = _Row(request, self.encode(request.prompt), index=index)
+        if request.decoding.temperature > 0:
+            row.generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        return row
 
     @torch.no_grad()
     def stream(self, request: GenRequest) -> Iterator[str]:
         """One answer as pieces of text while it is generated (a chat's streaming reply); the pieces join
         to what ``generate`` returns for the same request. A piece never ends inside a character."""
-        row = _Row(request, self.encode(request.prompt))
+        row = self._row(request)
         d = request.decoding
-        if d.temperature > 0:
-            row.generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        was_training = self.model.training
-        self.model.eval()
         shown = ""
-        try:
+        with self._inference():
             batch = self._prefill([row], d.max_new_tokens, d.stop)
             while True:
                 text = self.tokenizer.decode(row.out, skip_special_tokens=True)
@@ -220,8 +227,6 @@ class TextModel:
                 if finished:
                     return
                 self._step(batch, d.stop)
-        finally:
-            self.model.train(was_training)
 
     def _decode_group(self, waiting: list[_Row], batch_size: int, max_new: int, stop: tuple[str, ...],
                       finish: Callable[[_Row, tuple[str, ...]], None]) -> None:
@@ -360,9 +365,7 @@ class TextModel:
             conts.append(joint[len(ctx):] if joint[: len(ctx)] == ctx else self.encode(c))
         if any(not c for c in conts):
             raise ValueError(f"a continuation of {continuations} encodes to no tokens")
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self._inference():
             if all(len(c) == 1 for c in conts):
                 logp = self._logprobs(ctx, last_only=True)[-1]
                 return [float(logp[c[0]]) for c in conts]
@@ -371,8 +374,6 @@ class TextModel:
                 logp = self._logprobs(ctx + c[:-1])
                 scores.append(float(sum(logp[len(ctx) - 1 + k, t] for k, t in enumerate(c))))
             return scores
-        finally:
-            self.model.train(was_training)
 
     def _logprobs(self, ids: list[int], last_only: bool = False) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.precision.device)

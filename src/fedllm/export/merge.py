@@ -3,7 +3,6 @@ config, tokenizer), loadable by ``AutoModelForCausalLM.from_pretrained`` with no
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,3 @@ def save_merged(merged: Merged, out: Path, dtype: str = "float32") -> Path:
     finally:
         model.to(torch.float32)
     return out
-
-
-def read_export_info(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "fedllm_export.json").read_text(encoding="utf-8"))
