@@ -42,7 +42,10 @@ def _suite(tmp_path: Path, bench_file: Path, **extra) -> Path:
 
 
 def test_a_suite_runs_every_cell_once_records_each_number_and_tabulates(tmp_path, bench_file):
-    path, out = _suite(tmp_path, bench_file), tmp_path / "out"
+    records = json.loads(bench_file.read_text())
+    language = {"user0": "en", "user1": "fr", "user2": "en", "user3": "de"}
+    bench_file.write_text(json.dumps({c: [{**r, "language": language[c]} for r in recs] for c, recs in records.items()}))
+    path, out = _suite(tmp_path, bench_file, report_by="language"), tmp_path / "out"
     res = runner.invoke(app, ["bench", str(path), "--out", str(out), "--jobs", "2", "--threads", "1"])
     assert res.exit_code == 0, res.output
     suite = load_suite(path, out)
@@ -62,8 +65,16 @@ def test_a_suite_runs_every_cell_once_records_each_number_and_tabulates(tmp_path
     mean, std = seed_stats([held["local_seed0"]["value"], held["local_seed1"]["value"]])
     assert f"{mean:.4f} ± {std:.4f}" in lines[2]
     assert (out / "table.tex").read_text().startswith("\\begin{tabular}") and (out / "table.csv").is_file()
+    # per language: the mean over seeds and the language's clients of their final held-out loss, by hand
+    by_lang = (out / "by-language.md").read_text().splitlines()
+    assert by_lang[0] == "| arm | de (1) | en (2) | fr (1) |"
+    for line, arm in zip(by_lang[2:], ("fedavg", "local", "central"), strict=True):
+        per = [held[f"{arm}_seed{s}"]["per_client"] for s in (0, 1)]
+        en = sum(p[c] for p in per for c in ("user0", "user2")) / 4
+        assert line == f"| {arm} | {sum(p['user3'] for p in per) / 2:.4f} | {en:.4f} | {sum(p['user1'] for p in per) / 2:.4f} |"
     page = (out / "report.html").read_text()
-    assert page.count("<svg") >= 2 and "Held-out loss per round" in page and "Message bytes against quality" in page
+    assert page.count("<svg") >= 3 and "Held-out loss per round" in page and "Message bytes against quality" in page
+    assert "<h2>Per language</h2>" in page and "<th class=\"r\">en (2)</th>" in page
     assert all(f"<summary>{c.id} ({c.config_hash})</summary>" in page for c in suite.cells)
     assert all(f'<td class="l">{m}</td>' in page for m in ("fedavg", "local", "central"))
     assert "<script" not in page and not re.search(r"(src|href)\s*=\s*[\"']?(https?:|//)", page)  # self-contained
@@ -128,6 +139,45 @@ def test_an_edited_suite_moves_changed_cells_aside_and_reruns_only_them(tmp_path
     assert len(list((out / "runs").glob("local.replaced-*"))) == 1  # the earlier run is kept, not deleted
     rows = ResultsStore(out / "results.jsonl").rows(load_suite(path, out))
     assert len([r for r in rows if r["metric"] == "heldout"]) == 2
+
+
+def test_a_grouped_cell_scores_each_groups_adapter_and_weights_groups_by_their_clients(tmp_path, bench_file):
+    fixtures = Path(__file__).parent / "fixtures" / "eval"
+    path = _suite(tmp_path, bench_file, compare=None, metrics=["heldout", "mmlu"],
+                  eval={"data_dir": str(fixtures), "batch_size": 4},
+                  axes={"method": {"fedavg": {}, "pairs": {"groups.mapping": {"user0": "a", "user1": "a", "user2": "a",
+                                                                              "user3": "b"}}}})
+    spec = yaml.safe_load(path.read_text())
+    spec["set"].update({"fl.rounds": 1, "eval.every": 0})
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["bench", str(path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = {(r["cell"], r["metric"]): r for r in ResultsStore(out / "results.jsonl").rows()}
+    group_dirs = {g: out / "runs" / "pairs" / "groups" / g for g in ("a", "b")}
+    own = {g: json.loads((d / "eval" / "final" / "mmlu" / "summary.json").read_text())["columns"]["mmlu"]
+           for g, d in group_dirs.items()}
+    pairs = rows[("pairs", "mmlu")]
+    assert pairs["per_group"] == own and pairs["value"] == pytest.approx((3 * own["a"] + own["b"]) / 4)
+    assert rows[("fedavg", "mmlu")]["value"] == json.loads(
+        (out / "runs" / "fedavg" / "eval" / "final" / "mmlu" / "summary.json").read_text())["columns"]["mmlu"]
+
+
+def test_grouped_eval_columns_by_hand(tmp_path):
+    from fedllm.bench.suite_run import CellFailed, eval_columns
+
+    run = tmp_path / "run"
+    (run / "groups.json").parent.mkdir()
+    (run / "groups.json").write_text(json.dumps({"groups": {"x": {"dir": "x", "clients": ["1", "2"]},
+                                                            "y y": {"dir": "y-y", "clients": ["3"]}}}))
+    for d, cols in (("x", {"s": 30.0, "t": 1.0, "only_x": 5.0}), ("y-y", {"s": 60.0, "t": 4.0})):
+        (run / "groups" / d / "eval" / "final" / "m").mkdir(parents=True)
+        (run / "groups" / d / "eval" / "final" / "m" / "summary.json").write_text(json.dumps({"columns": cols}))
+    columns, per_group = eval_columns(run, "m")
+    assert columns == {"s": pytest.approx(40.0), "t": pytest.approx(2.0)}  # (2·30 + 60) / 3, (2·1 + 4) / 3
+    assert per_group["y y"] == {"s": 60.0, "t": 4.0} and "only_x" not in columns
+    with pytest.raises(CellFailed, match="wrote no"):
+        eval_columns(run, "other")
 
 
 def test_a_failing_cell_is_reported_and_the_others_finish(tmp_path, bench_file):

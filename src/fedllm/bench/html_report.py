@@ -11,7 +11,7 @@ from typing import Any
 
 from fedllm.bench import figures
 from fedllm.bench.suite import RUN_METRIC, Suite
-from fedllm.bench.suite_report import SEED_AXIS, Arm, arms, seed_stats, table
+from fedllm.bench.suite_report import SEED_AXIS, Arm, arms, attribute_table, by_attribute, seed_stats, table
 from fedllm.bench.tables import render
 from fedllm.config import dump_config
 
@@ -82,33 +82,22 @@ def _dp_curve(suite: Suite, found: list[Arm]) -> str:
     return figures.xy(lines, "ε (log scale)", "final held-out loss", "Differential privacy: quality against ε", log_x=True)
 
 
-def _group_bars(suite: Suite, found: list[Arm]) -> tuple[str, str]:
-    """Held-out loss per client attribute (``report_by``, e.g. language) per arm; (svg, note)."""
+def _group_section(suite: Suite, found: list[Arm]) -> str:
+    """Held-out loss per client attribute (``report_by``, e.g. language) per arm: bars and their table."""
     attr = suite.spec.report_by
     if not attr:
-        return "", ""
+        return ""
+    head = f"<h2>Per {_esc(attr)}</h2>"
     try:
-        from fedllm.data.groups import client_attribute
-        from fedllm.runs import load_federation
-
-        cfg = suite.cells[0].cfg
-        dataset = load_federation(cfg)
-        clients = sorted({c for arm in found for seeds in arm.per_client.values() for c in seeds})
-        value_of = client_attribute(dataset, clients, attr)
+        per = by_attribute(suite, found)
     except Exception as e:  # noqa: BLE001 - the page still renders, and says why the bars are missing
-        return "", f"per-{attr} bars left out: {e}"
-    bars: dict[str, dict[str, float]] = {}
-    for arm in found:
-        groups: dict[str, list[float]] = {}
-        for per in arm.per_client.values():
-            for c, loss in per.items():
-                if c in value_of:
-                    groups.setdefault(value_of[c], []).append(loss)
-        if groups:
-            bars[arm.name] = {g: sum(v) / len(v) for g, v in groups.items()}
-    if not bars:
-        return "", ""
-    return figures.bars(bars, "mean held-out loss of its clients", f"Held-out loss per {attr}"), ""
+        return head + f'<p class="caption">per-{_esc(attr)} results left out: {_esc(e)}</p>'
+    if not per:
+        return ""
+    svg = figures.bars({a: {g: v for g, (v, _) in groups.items()} for a, groups in per.items()},
+                       "mean held-out loss of its clients", f"Held-out loss per {attr}")
+    return (head + f"<figure>{svg}</figure>" + attribute_table(per, "html") + f'<p class="caption">the final held-out '
+            f"loss of the clients of each {_esc(attr)} (their number in brackets), averaged over clients and seeds</p>")
 
 
 def _cost_table(found: list[Arm]) -> str:
@@ -145,9 +134,7 @@ def suite_page(suite: Suite, rows: list[dict[str, Any]], failures: dict[str, str
                        ("Differential privacy", _dp_curve(suite, found))):
         if svg:
             parts += [f"<h2>{_esc(title)}</h2>", f"<figure>{svg}</figure>"]
-    bars, note = _group_bars(suite, found)
-    if bars or note:
-        parts += [f"<h2>Per {_esc(spec.report_by)}</h2>", f"<figure>{bars}</figure>" if bars else f'<p class="caption">{_esc(note)}</p>']
+    parts.append(_group_section(suite, found))
     parts += ["<h2>Cost</h2>", _cost_table(found),
               '<p class="caption">means over seeds; TFLOPs: the analytic training estimate; MB: message bytes</p>']
     if failures:

@@ -262,11 +262,6 @@ def load_suite(name_or_path: str | Path, output_dir: Path | None = None) -> Suit
         cells.append(Cell(cell_id, labels, settings, cfg))
     if not cells:
         raise SuiteError(f"{where}: exclude leaves no cell to run")
-    grouped = [c.id for c in cells if c.cfg.groups.enabled]
-    if grouped and any(m != RUN_METRIC for m in spec.metrics):
-        raise SuiteError(f"{where}: cells {', '.join(grouped[:3])} are grouped runs (groups.by), whose groups `fedllm "
-                         f"eval` scores separately; a suite combines only their held-out loss: give them metrics "
-                         f"[heldout] in a suite of their own")
     if len({c.id for c in cells}) != len(cells):
         raise SuiteError(f"{where}: two cells would share a run directory name; use labels without '_'")
     return Suite(spec, where, output_dir, axes, cells)

@@ -130,3 +130,41 @@ def table(suite: Suite, found: list[Arm], fmt: str, metrics: list[str] | None = 
             row += list(_versus(arm.vs_reference)) if arm.labels.get(ref[0]) != ref[1] else ["(reference)", ""]
         out.append(row)
     return render(head, out, fmt, left=len(axes))
+
+
+def by_attribute(suite: Suite, found: list[Arm]) -> dict[str, dict[str, tuple[float, int]]]:
+    """Per arm and value of the suite's ``report_by`` client attribute (e.g. language): the mean final
+    held-out loss of its clients over clients and seeds, and how many clients it has. Reads the
+    federation for the attributes; raises what that raises (a missing dataset, an unknown attribute)."""
+    from fedllm.data.groups import client_attribute
+    from fedllm.runs import load_federation
+
+    clients = sorted({c for arm in found for per in arm.per_client.values() for c in per})
+    if not suite.spec.report_by or not clients:
+        return {}
+    value_of = client_attribute(load_federation(suite.cells[0].cfg), clients, suite.spec.report_by)
+    return per_attribute(found, value_of)
+
+
+def per_attribute(found: list[Arm], value_of: dict[str, str]) -> dict[str, dict[str, tuple[float, int]]]:
+    """:func:`by_attribute` for a given client -> value map; clients without a value are left out."""
+    out: dict[str, dict[str, tuple[float, int]]] = {}
+    for arm in found:
+        losses: dict[str, list[float]] = {}
+        clients: dict[str, set[str]] = {}
+        for per in arm.per_client.values():
+            for c, loss in per.items():
+                if c in value_of:
+                    losses.setdefault(value_of[c], []).append(loss)
+                    clients.setdefault(value_of[c], set()).add(c)
+        if losses:
+            out[arm.name] = {g: (sum(v) / len(v), len(clients[g])) for g, v in sorted(losses.items())}
+    return out
+
+
+def attribute_table(per: dict[str, dict[str, tuple[float, int]]], fmt: str) -> str:
+    """:func:`by_attribute`'s numbers as a table: an arm per row, an attribute value (its clients) per column."""
+    values = sorted({g for groups in per.values() for g in groups})
+    n = {g: max(groups[g][1] for groups in per.values() if g in groups) for g in values}
+    rows = [[arm, *(f"{groups[g][0]:.4f}" if g in groups else "-" for g in values)] for arm, groups in per.items()]
+    return render(["arm", *(f"{g} ({n[g]})" for g in values)], rows, fmt)

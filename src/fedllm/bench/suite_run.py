@@ -27,7 +27,7 @@ from typing import Any
 from fedllm.bench.suite import RUN_METRIC, Cell, Suite, save_snapshot
 from fedllm.config import config_fingerprint, dump_config
 from fedllm.jsonl import JsonlCache, write_json_atomic, write_text_atomic
-from fedllm.runs import SUMMARY, RunError, is_grouped, read_run_config, started
+from fedllm.runs import GROUPS, GROUPS_DIR, SUMMARY, RunError, is_grouped, read_run_config, started
 
 RESULTS = "results.jsonl"
 DISTRIBUTION = "fedllm-kit"  # the name fedllm is published under (the import package is fedllm)
@@ -245,12 +245,37 @@ def collect(cell: Cell, suite: Suite, version: str, threads: int) -> list[dict[s
     section = {None: summary, "cost": summary.get("cost") or {}}
     rows += [{**common, "source": "cost", "metric": k, "value": section[part].get(k)} for k, part in COST.items()]
     for metric in suite.eval_metrics:
+        columns, per_group = eval_columns(d, metric)
+        rows += [{**common, "source": metric, "metric": col, "value": v,
+                  **({"per_group": {g: cols.get(col) for g, cols in per_group.items()}} if per_group else {})}
+                 for col, v in columns.items()]
+    return rows
+
+
+def eval_columns(run_dir: Path, metric: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """A run's final `fedllm eval` columns of ``metric`` and, for a grouped run, each group's.
+
+    `fedllm eval` scores each group's adapter apart; the run's figure is their mean weighted by the
+    group's clients: the score of the model an average client ends with (per-client-local: the mean
+    over clients' own adapters). A column some group lacks is left out rather than half-averaged."""
+    def read(d: Path) -> dict[str, float]:
         path = d / "eval" / "final" / metric / "summary.json"
         if not path.is_file():
             raise CellFailed(f"`fedllm eval` wrote no {path}")
-        columns = json.loads(path.read_text(encoding="utf-8")).get("columns", {})
-        rows += [{**common, "source": metric, "metric": col, "value": v} for col, v in columns.items()]
-    return rows
+        return json.loads(path.read_text(encoding="utf-8")).get("columns", {})
+
+    if not is_grouped(run_dir):
+        return read(run_dir), {}
+    groups = json.loads((run_dir / GROUPS).read_text(encoding="utf-8"))["groups"]
+    per_group = {name: read(run_dir / GROUPS_DIR / g["dir"]) for name, g in groups.items()}
+    weight = {name: len(g["clients"]) for name, g in groups.items()}
+    shared = set.intersection(*(set(c) for c in per_group.values())) if per_group else set()
+    columns = {}
+    for col in (c for c in next(iter(per_group.values()), {}) if c in shared):
+        vals = [(per_group[g][col], weight[g]) for g in per_group]
+        if all(isinstance(v, (int, float)) for v, _ in vals):
+            columns[col] = sum(v * w for v, w in vals) / sum(w for _, w in vals)
+    return columns, per_group
 
 
 def _per_client(run_dir: Path) -> dict[str, float]:
