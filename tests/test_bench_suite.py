@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fedllm.bench.suite import SuiteError, builtin_suites, load_suite
-from fedllm.bench.suite_report import Arm, compare, seed_stats
+from fedllm.bench.suite_report import Arm, compare, holm, seed_stats
 from fedllm.bench.suite_run import ResultsStore, plan
 from fedllm.cli import app
 
@@ -241,6 +241,9 @@ def test_the_paired_difference_against_the_reference_by_hand():
     assert c.p_value == pytest.approx(2 / 8)  # all-positive or all-negative signs: 2 of 2³ patterns
     assert compare(arm, Arm({"method": "y"})) is None
     assert seed_stats([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, 1.5275252316519468))
+    # Holm: sorted 0.01, 0.03, 0.04, 0.5 -> 4·0.01, max(0.04, 3·0.03), max(0.09, 2·0.04), max(0.09, 0.5)
+    assert holm([0.04, 0.5, 0.01, 0.03]) == pytest.approx([0.09, 0.5, 0.04, 0.09])
+    assert holm([0.9, 0.6]) == pytest.approx([1.0, 1.0]) and holm([]) == []
 
 
 def test_the_html_report_renders_in_chromium_without_errors(tmp_path, bench_file, browser):

@@ -127,7 +127,8 @@ def suite_page(suite: Suite, rows: list[dict[str, Any]], failures: dict[str, str
     caption = ("mean ± sample standard deviation over seeds. " if SEED_AXIS in suite.axes else "") + (
         f"Δ held-out: the arm's final held-out loss minus {ref[1]}'s, per client under the same seed, averaged over "
         "seeds; 95% t interval over clients and a two-sided sign-flip test over clients; * marks an interval that "
-        "excludes 0 (negative: better than the reference)." if ref else "")
+        "excludes 0 (negative: better than the reference). The last column adjusts the p-values for testing every arm "
+        "against the reference at once (Holm): read a difference as shown by the suite only where it is small." if ref else "")
     parts += ["<h2>Results</h2>", table(suite, found, "html"), f'<p class="caption">{_esc(caption)}</p>']
     for title, svg in (("Held-out loss per round", _curves(suite, found)),
                        ("Message bytes against quality", _bytes_vs_quality(found)),

@@ -105,12 +105,25 @@ def seed_stats(values: Iterable[float]) -> tuple[float, float]:
     return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else float("nan")
 
 
-def _versus(c: PairedComparison | None) -> tuple[str, str]:
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for testing them together (same order as given): the
+    i-th smallest becomes max over j <= i of min(1, (m - j + 1) · p_(j)). It keeps the chance of any false
+    "differs from the reference" among a suite's arms at the level, where the raw p-values do not."""
+    m = len(p_values)
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda k: p_values[k])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
+def _versus(c: PairedComparison | None, adjusted: float | None) -> list[str]:
     if c is None:
-        return "", ""
+        return ["", "", ""]
     lo, hi = c.client_ci
     mark = " *" if c.significant else ""
-    return f"{c.client_mean_diff:+.4f} ({lo:+.4f} … {hi:+.4f}){mark}", f"{c.p_value:.3g}"
+    return [f"{c.client_mean_diff:+.4f} ({lo:+.4f} … {hi:+.4f}){mark}", f"{c.p_value:.3g}",
+            f"{adjusted:.3g}" if adjusted is not None else ""]
 
 
 def table(suite: Suite, found: list[Arm], fmt: str, metrics: list[str] | None = None) -> str:
@@ -120,14 +133,17 @@ def table(suite: Suite, found: list[Arm], fmt: str, metrics: list[str] | None = 
     axes = [a for a in suite.axes if a != SEED_AXIS]
     ref = suite.reference()
     head = [*axes, "seeds", *("held-out loss" if m == RUN_METRIC else m for m in metrics)]
+    tested = [arm for arm in found if arm.vs_reference is not None]
+    adjusted = dict(zip(map(id, tested), holm([a.vs_reference.p_value for a in tested])))
     if ref is not None:
-        head += [f"Δ held-out vs {ref[1]} (95% CI)", "p"]
+        head += [f"Δ held-out vs {ref[1]} (95% CI)", "p", f"p, Holm over {len(tested)}"]
     out = []
     for arm in found:
         n = max((len(v) for v in arm.values.values()), default=0)
         row = [*(arm.labels[a] for a in axes), str(n), *(_fmt(arm.values.get(m, {}), m) for m in metrics)]
         if ref is not None:
-            row += list(_versus(arm.vs_reference)) if arm.labels.get(ref[0]) != ref[1] else ["(reference)", ""]
+            row += (_versus(arm.vs_reference, adjusted.get(id(arm))) if arm.labels.get(ref[0]) != ref[1]
+                    else ["(reference)", "", ""])
         out.append(row)
     return render(head, out, fmt, left=len(axes))
 
