@@ -17,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fedllm.bench.suite import SuiteError, builtin_suites, load_suite
+from fedllm.bench.html_report import paired_differences
 from fedllm.bench.suite_report import Arm, compare, holm, seed_stats
 from fedllm.bench.suite_run import ResultsStore, plan
 from fedllm.cli import app
@@ -74,6 +75,7 @@ def test_a_suite_runs_every_cell_once_records_each_number_and_tabulates(tmp_path
         assert line == f"| {arm} | {sum(p['user3'] for p in per) / 2:.4f} | {en:.4f} | {sum(p['user1'] for p in per) / 2:.4f} |"
     page = (out / "report.html").read_text()
     assert page.count("<svg") >= 3 and "Held-out loss per round" in page and "Message bytes against quality" in page
+    assert "<h2>Difference from fedavg per round</h2>" in page and "minus fedavg" in page
     assert "<h2>Per language</h2>" in page and "<th class=\"r\">en (2)</th>" in page
     assert all(f"<summary>{c.id} ({c.config_hash})</summary>" in page for c in suite.cells)
     assert all(f'<td class="l">{m}</td>' in page for m in ("fedavg", "local", "central"))
@@ -244,6 +246,9 @@ def test_the_paired_difference_against_the_reference_by_hand():
     # Holm: sorted 0.01, 0.03, 0.04, 0.5 -> 4·0.01, max(0.04, 3·0.03), max(0.09, 2·0.04), max(0.09, 0.5)
     assert holm([0.04, 0.5, 0.01, 0.03]) == pytest.approx([0.09, 0.5, 0.04, 0.09])
     assert holm([0.9, 0.6]) == pytest.approx([1.0, 1.0]) and holm([]) == []
+    series = {"ref": {"0": [(2, 1.0), (4, 0.8)], "1": [(2, 2.0)]}, "x": {"0": [(2, 1.5), (4, 0.5)], "1": [(2, 2.25), (4, 9.0)]}}
+    assert paired_differences(series, {"x": "ref"}) == {"x": {"0": [(2, 0.5), (4, -0.30000000000000004)],
+                                                              "1": [(2, 0.25)]}}
 
 
 def test_the_html_report_renders_in_chromium_without_errors(tmp_path, bench_file, browser):

@@ -311,7 +311,7 @@ def _suite_report(suite: Any) -> None:
     found = arms(suite, rows)
     for ext, fmt in (("md", "markdown"), ("csv", "csv"), ("tex", "latex")):
         write_text_atomic(out / f"table.{ext}", suite_table(suite, found, fmt))
-    console.print(suite_table(suite, found, "markdown"), highlight=False, markup=False)
+    console.print(suite_table(suite, found, "markdown"), highlight=False, markup=False, soft_wrap=True)
     by = suite.spec.report_by
     if by:
         try:

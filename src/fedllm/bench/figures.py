@@ -32,10 +32,17 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG sits inside HTML
 
 
-def curves(series: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], ylabel: str, title: str) -> str:
+def curves(series: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], ylabel: str, title: str,
+           zero_line: bool = False, colour_of: Mapping[str, int] | None = None) -> str:
     """One line per arm (the mean over its seeds at each round) with a band from the lowest to the
-    highest seed; ``series``: arm -> seed -> [(round, value)]."""
+    highest seed; ``series``: arm -> seed -> [(round, value)]. ``zero_line`` marks y = 0 (differences);
+    ``colour_of`` (arm -> index) keeps an arm's colour across figures that leave some arms out."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = _figure()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if zero_line:
+        ax.axhline(0.0, color="black", linewidth=0.8)
     for i, (arm, seeds) in enumerate(series.items()):
         rounds = sorted({r for pts in seeds.values() for r, v in pts if v is not None and math.isfinite(v)})
         if not rounds:
@@ -43,9 +50,10 @@ def curves(series: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], ylab
         by_round = {r: [v for pts in seeds.values() for rr, v in pts if rr == r and v is not None and math.isfinite(v)]
                     for r in rounds}
         mean = [statistics.fmean(by_round[r]) for r in rounds]
-        color = f"C{i % 10}"
+        k = colour_of.get(arm, i) if colour_of else i
+        color = f"C{k % 10}"
         ax.plot(rounds, mean, marker="o", markersize=3, color=color, label=arm,
-                linestyle="-" if i < 10 else "--")
+                linestyle="-" if k < 10 else "--")
         if any(len(v) > 1 for v in by_round.values()):
             ax.fill_between(rounds, [min(by_round[r]) for r in rounds], [max(by_round[r]) for r in rounds],
                             color=color, alpha=0.15, linewidth=0)

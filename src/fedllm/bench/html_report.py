@@ -45,14 +45,44 @@ def _history(cell_dir: Path) -> list[tuple[int, float]]:
     return [(e["round"], e["pooled_loss"]) for e in evals if e.get("pooled_loss") is not None]
 
 
-def _curves(suite: Suite, found: list[Arm]) -> str:
+def _curves(suite: Suite, found: list[Arm]) -> list[tuple[str, str]]:
+    """The held-out loss per round per arm and, with a reference arm, each arm's difference from it
+    under the same seed: seeds move every arm's level together (which held-out samples, which clients
+    a round), so the paired curves show what the bands of the first hide."""
     seed_of = {c.id: c.labels.get(SEED_AXIS, str(c.cfg.seed)) for c in suite.cells}
     run_dir = {c.id: c.cfg.run_dir for c in suite.cells}
     series = {arm.name: {seed_of[c]: _history(run_dir[c]) for c in arm.cells} for arm in found}
     if not any(pts for seeds in series.values() for pts in seeds.values()):
-        return ""
-    return figures.curves(series, "held-out loss (pooled over clients' test tokens)",
-                          "Held-out loss per round: mean over seeds, band from lowest to highest seed")
+        return []
+    out = [("Held-out loss per round", figures.curves(
+        series, "held-out loss (pooled over clients' test tokens)",
+        "Held-out loss per round: mean over seeds, band from lowest to highest seed"))]
+    ref = suite.reference()
+    if ref is None:
+        return out
+    axis, label = ref
+    by_labels = {tuple(sorted(arm.labels.items())): arm for arm in found}
+    twins = {arm.name: twin.name for arm in found
+             if (twin := by_labels.get(tuple(sorted({**arm.labels, axis: label}.items())))) not in (None, arm)}
+    diffs = paired_differences(series, twins)
+    if any(pts for seeds in diffs.values() for pts in seeds.values()):
+        out.append((f"Difference from {label} per round", figures.curves(
+            diffs, f"held-out loss minus {label}'s (same seed)",
+            f"Minus {label}'s under the same seed: mean over seeds, band: seed range",
+            zero_line=True, colour_of={arm.name: i for i, arm in enumerate(found)})))
+    return out
+
+
+def paired_differences(series: dict[str, dict[str, list[tuple[int, float]]]],
+                       twins: dict[str, str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """arm -> seed -> [(round, the arm's value minus its twin's at that round and seed)], for each arm
+    of ``twins`` (arm -> its reference arm); rounds or seeds the twin lacks are left out."""
+    out = {}
+    for arm, twin in twins.items():
+        theirs = {seed: dict(pts) for seed, pts in series[twin].items()}
+        out[arm] = {seed: [(r, v - theirs[seed][r]) for r, v in pts if r in theirs.get(seed, {})]
+                    for seed, pts in series[arm].items()}
+    return out
 
 
 def _bytes_vs_quality(found: list[Arm]) -> str:
@@ -130,7 +160,7 @@ def suite_page(suite: Suite, rows: list[dict[str, Any]], failures: dict[str, str
         "excludes 0 (negative: better than the reference). The last column adjusts the p-values for testing every arm "
         "against the reference at once (Holm): read a difference as shown by the suite only where it is small." if ref else "")
     parts += ["<h2>Results</h2>", table(suite, found, "html"), f'<p class="caption">{_esc(caption)}</p>']
-    for title, svg in (("Held-out loss per round", _curves(suite, found)),
+    for title, svg in (*_curves(suite, found),
                        ("Message bytes against quality", _bytes_vs_quality(found)),
                        ("Differential privacy", _dp_curve(suite, found))):
         if svg:
