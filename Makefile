@@ -28,7 +28,7 @@ quickstart: install
 	$(BIN)/fedllm quickstart
 
 test: install browser
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-all: install browser
 	$(BIN)/python -m pytest -q

@@ -42,7 +42,7 @@ def _suite(tmp_path: Path, bench_file: Path, **extra) -> Path:
     return path
 
 
-def test_a_suite_runs_every_cell_once_records_each_number_and_tabulates(tmp_path, bench_file):
+def test_a_suite_runs_every_cell_once_records_each_number_and_tabulates(tmp_path, bench_file, request):
     records = json.loads(bench_file.read_text())
     language = {"user0": "en", "user1": "fr", "user2": "en", "user3": "de"}
     bench_file.write_text(json.dumps({c: [{**r, "language": language[c]} for r in recs] for c, recs in records.items()}))
@@ -80,6 +80,7 @@ def test_a_suite_runs_every_cell_once_records_each_number_and_tabulates(tmp_path
     assert all(f"<summary>{c.id} ({c.config_hash})</summary>" in page for c in suite.cells)
     assert all(f'<td class="l">{m}</td>' in page for m in ("fedavg", "local", "central"))
     assert "<script" not in page and not re.search(r"(src|href)\s*=\s*[\"']?(https?:|//)", page)  # self-contained
+    _renders_in_chromium(request.getfixturevalue("browser"), out / "report.html", suite, tmp_path)
     (out / "report.html").rename(out / "first.html")
     res = runner.invoke(app, ["report", str(out)])  # from the suite's directory alone
     assert res.exit_code == 0, res.output
@@ -251,20 +252,18 @@ def test_the_paired_difference_against_the_reference_by_hand():
                                                               "1": [(2, 0.25)]}}
 
 
-def test_the_html_report_renders_in_chromium_without_errors(tmp_path, bench_file, browser):
+def _renders_in_chromium(browser, html, suite, tmp_path: Path) -> None:
+    """The page opens in headless Chromium without console errors; tables, figures and configs show."""
     from tests.conftest import open_page
 
-    path, out = _suite(tmp_path, bench_file, axes={"method": {"fedavg": {}, "local": {"fl.algorithm": "local"}},
-                                                   "seed": {"key": "seed", "values": [0, 1]}}), tmp_path / "out"
-    assert runner.invoke(app, ["bench", str(path), "--out", str(out)]).exit_code == 0
-    page, problems = open_page(browser, (out / "report.html").as_uri(), screenshot=tmp_path / "report.png")
+    page, problems = open_page(browser, html.as_uri(), screenshot=tmp_path / "report.png")
     assert not problems, problems
     assert page.locator("h1").inner_text() == "fedllm bench: tiny"
     rows = page.locator("table").first.locator("tbody tr")
-    assert rows.count() == 2 and "(reference)" in rows.nth(0).inner_text()
+    assert rows.count() == 3 and "(reference)" in rows.nth(0).inner_text()
     svgs = page.locator("figure svg")
-    assert svgs.count() >= 2 and all(svgs.nth(i).bounding_box()["width"] > 300 for i in range(svgs.count()))
-    assert page.locator("details").count() == 4
+    assert svgs.count() == 4 and all(svgs.nth(i).bounding_box()["width"] > 300 for i in range(svgs.count()))
+    assert page.locator("details").count() == len(suite.cells)
     page.locator("details summary").first.click()
     assert "fl:" in page.locator("details pre").first.inner_text()
     assert (tmp_path / "report.png").stat().st_size > 20_000
