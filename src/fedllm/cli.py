@@ -302,7 +302,7 @@ def _dry_run(suite: Any, configs: bool) -> None:
 def _suite_report(suite: Any) -> None:
     """The suite's table (printed; .md, .csv, .tex) and its HTML page, from the results store."""
     from fedllm.bench.html_report import write_suite_report
-    from fedllm.bench.suite_report import arms, attribute_table, by_attribute, table as suite_table
+    from fedllm.bench.suite_report import arms, attribute_results, attribute_table, table as suite_table
     from fedllm.bench.suite_run import RESULTS, ResultsStore
     from fedllm.jsonl import write_text_atomic
 
@@ -313,16 +313,13 @@ def _suite_report(suite: Any) -> None:
         write_text_atomic(out / f"table.{ext}", suite_table(suite, found, fmt))
     console.print(suite_table(suite, found, "markdown"), highlight=False, markup=False, soft_wrap=True)
     by = suite.spec.report_by
-    if by:
-        try:
-            per = by_attribute(suite, found)
-        except Exception as e:  # noqa: BLE001 - the main table stands; say why this one is missing
-            console.print(f"per-{by} table left out: {e}", highlight=False, markup=False)
-            per = {}
-        for ext, fmt in (("md", "markdown"), ("csv", "csv"), ("tex", "latex")) if per else ():
-            write_text_atomic(out / f"by-{by}.{ext}", attribute_table(per, fmt))
-    page = write_suite_report(suite, rows, out)
-    extra = f", by-{by}.md" if by and (out / f"by-{by}.md").is_file() else ""
+    per, note = attribute_results(suite, found) if by else ({}, "")
+    if note:
+        console.print(note, highlight=False, markup=False)
+    for ext, fmt in (("md", "markdown"), ("csv", "csv"), ("tex", "latex")) if per else ():
+        write_text_atomic(out / f"by-{by}.{ext}", attribute_table(per, fmt))
+    page = write_suite_report(suite, rows, out, (per, note))
+    extra = f", by-{by}.md" if per else ""
     console.print(f"table: {out / 'table.md'} (also .csv, .tex{extra}); report: {page}; every number: {out / RESULTS}",
                   highlight=False)
 

@@ -568,16 +568,22 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         source = str(p)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
-        data = loaded
+        data = read_yaml_mapping(p, "of sections")
     return build_config(data, overrides, source)
+
+
+def read_yaml_mapping(path: Path, what: str, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file: {}); ``error`` names the file and what
+    is wrong in one line (``what`` says what the mapping holds, e.g. "of sections")."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise error(f"{path}: top level must be a mapping {what}, got {type(loaded).__name__}")
+    return loaded
 
 
 def dump_config(cfg: RunConfig) -> str:

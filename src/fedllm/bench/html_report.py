@@ -11,7 +11,7 @@ from typing import Any
 
 from fedllm.bench import figures
 from fedllm.bench.suite import RUN_METRIC, Suite
-from fedllm.bench.suite_report import SEED_AXIS, Arm, arms, attribute_table, by_attribute, seed_stats, table
+from fedllm.bench.suite_report import SEED_AXIS, Arm, arms, attribute_results, attribute_table, seed_stats, table
 from fedllm.bench.tables import render
 from fedllm.config import dump_config
 
@@ -60,11 +60,8 @@ def _curves(suite: Suite, found: list[Arm]) -> list[tuple[str, str]]:
     ref = suite.reference()
     if ref is None:
         return out
-    axis, label = ref
-    by_labels = {tuple(sorted(arm.labels.items())): arm for arm in found}
-    twins = {arm.name: twin.name for arm in found
-             if (twin := by_labels.get(tuple(sorted({**arm.labels, axis: label}.items())))) not in (None, arm)}
-    diffs = paired_differences(series, twins)
+    label = ref[1]
+    diffs = paired_differences(series, {arm.name: arm.reference for arm in found if arm.reference})
     if any(pts for seeds in diffs.values() for pts in seeds.values()):
         out.append((f"Difference from {label} per round", figures.curves(
             diffs, f"held-out loss minus {label}'s (same seed)",
@@ -105,25 +102,20 @@ def _dp_curve(suite: Suite, found: list[Arm]) -> str:
         eps = {eps_of.get(c) for c in arm.cells} - {None}
         q = arm.values.get(RUN_METRIC, {})
         if len(eps) == 1 and q:
-            mode = suite.cells[[c.id for c in suite.cells].index(arm.cells[0])].cfg.fl.dp.mode
+            mode = next(c.cfg.fl.dp.mode for c in suite.cells if c.id == arm.cells[0])
             lines.setdefault(str(mode), []).append((float(next(iter(eps))), seed_stats(q.values())[0]))
     if not any(len(v) > 1 for v in lines.values()):
         return ""
     return figures.xy(lines, "ε (log scale)", "final held-out loss", "Differential privacy: quality against ε", log_x=True)
 
 
-def _group_section(suite: Suite, found: list[Arm]) -> str:
+def _group_section(attr: str | None, per: dict[str, dict[str, tuple[float, int]]], note: str) -> str:
     """Held-out loss per client attribute (``report_by``, e.g. language) per arm: bars and their table."""
-    attr = suite.spec.report_by
-    if not attr:
+    if not attr or not (per or note):
         return ""
     head = f"<h2>Per {_esc(attr)}</h2>"
-    try:
-        per = by_attribute(suite, found)
-    except Exception as e:  # noqa: BLE001 - the page still renders, and says why the bars are missing
-        return head + f'<p class="caption">per-{_esc(attr)} results left out: {_esc(e)}</p>'
     if not per:
-        return ""
+        return head + f'<p class="caption">{_esc(note)}</p>'
     svg = figures.bars({a: {g: v for g, (v, _) in groups.items()} for a, groups in per.items()},
                        "mean held-out loss of its clients", f"Held-out loss per {attr}")
     return (head + f"<figure>{svg}</figure>" + attribute_table(per, "html") + f'<p class="caption">the final held-out '
@@ -143,7 +135,9 @@ def _cost_table(found: list[Arm]) -> str:
     return render(["arm", *(c[1] for c in cols)], rows, "html")
 
 
-def suite_page(suite: Suite, rows: list[dict[str, Any]], failures: dict[str, str]) -> str:
+def suite_page(suite: Suite, rows: list[dict[str, Any]], failures: dict[str, str],
+               by_attr: tuple[dict[str, dict[str, tuple[float, int]]], str] | None = None) -> str:
+    """The page; ``by_attr``: :func:`attribute_results` when the caller already has it."""
     found = arms(suite, rows)
     spec = suite.spec
     versions = sorted({r["code_version"] for r in rows} - {""})
@@ -165,7 +159,7 @@ def suite_page(suite: Suite, rows: list[dict[str, Any]], failures: dict[str, str
                        ("Differential privacy", _dp_curve(suite, found))):
         if svg:
             parts += [f"<h2>{_esc(title)}</h2>", f"<figure>{svg}</figure>"]
-    parts.append(_group_section(suite, found))
+    parts.append(_group_section(spec.report_by, *(by_attr or attribute_results(suite, found))))
     parts += ["<h2>Cost</h2>", _cost_table(found),
               '<p class="caption">means over seeds; TFLOPs: the analytic training estimate; MB: message bytes</p>']
     if failures:
@@ -180,12 +174,13 @@ def suite_page(suite: Suite, rows: list[dict[str, Any]], failures: dict[str, str
             f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def write_suite_report(suite: Suite, rows: list[dict[str, Any]], out: Path) -> Path:
+def write_suite_report(suite: Suite, rows: list[dict[str, Any]], out: Path,
+                       by_attr: tuple[dict[str, dict[str, tuple[float, int]]], str] | None = None) -> Path:
     """``out/report.html`` (atomically), from the results store's rows and the cells' run directories."""
     from fedllm.jsonl import write_text_atomic
 
     path = out / "failures.json"
     failures = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     page = out / "report.html"
-    write_text_atomic(page, suite_page(suite, rows, failures))
+    write_text_atomic(page, suite_page(suite, rows, failures, by_attr))
     return page

@@ -33,7 +33,8 @@ from typing import Any, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fedllm.config import ConfigError, RunConfig, apply_settings, build_config, config_fingerprint
+from fedllm.config import (ConfigError, RunConfig, apply_settings, build_config, config_fingerprint,
+                           read_yaml_mapping)
 
 BUILTIN_CONFIGS = {"quickstart": "quickstart.yaml", "quickstart-dpo": "quickstart-dpo.yaml"}
 RUN_METRIC = "heldout"  # read from the run itself; every other metric is a `fedllm eval` metric
@@ -196,10 +197,7 @@ def _base_config(spec: SuiteSpec, folder: Path, where: str) -> dict[str, Any]:
         if not path.is_file():
             raise SuiteError(f"{where}: config {spec.config!r} is neither a built-in config "
                              f"({', '.join(BUILTIN_CONFIGS)}) nor a file ({path})")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise SuiteError(f"{path}: top level must be a mapping of sections")
-    return data
+    return read_yaml_mapping(path, "of sections", SuiteError)
 
 
 def load_suite(name_or_path: str | Path, output_dir: Path | None = None) -> Suite:
@@ -213,12 +211,7 @@ def load_suite(name_or_path: str | Path, output_dir: Path | None = None) -> Suit
                              f"({', '.join(sorted(shipped))})")
         path = shipped[str(name_or_path)]
     where = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise SuiteError(f"{where}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise SuiteError(f"{where}: top level must be a mapping (name, axes, metrics, ...)")
+    raw = read_yaml_mapping(path, "(name, axes, metrics, ...)", SuiteError)
     try:
         spec = SuiteSpec.model_validate(raw)
     except ValidationError as e:

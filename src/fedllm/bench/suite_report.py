@@ -30,6 +30,7 @@ class Arm:
     cost: dict[str, dict[str, float]] = field(default_factory=dict)  # cost figure -> seed -> value
     per_client: dict[str, dict[str, float]] = field(default_factory=dict)  # seed -> client -> held-out loss
     cells: list[str] = field(default_factory=list)
+    reference: str | None = None  # the name of the arm it is compared with (its labels, the reference's label)
     vs_reference: PairedComparison | None = None
 
     @property
@@ -65,7 +66,7 @@ def arms(suite: Suite, rows: list[dict[str, Any]]) -> list[Arm]:
                 continue
             twin = by_key.get(tuple({**arm.labels, axis: label}.items()))
             if twin is not None:
-                arm.vs_reference = compare(arm, twin)
+                arm.reference, arm.vs_reference = twin.name, compare(arm, twin)
     return found
 
 
@@ -146,6 +147,14 @@ def table(suite: Suite, found: list[Arm], fmt: str, metrics: list[str] | None = 
                     else ["(reference)", "", ""])
         out.append(row)
     return render(head, out, fmt, left=len(axes))
+
+
+def attribute_results(suite: Suite, found: list[Arm]) -> tuple[dict[str, dict[str, tuple[float, int]]], str]:
+    """:func:`by_attribute`, or ({}, why) where it cannot be had: the table and page still render."""
+    try:
+        return by_attribute(suite, found), ""
+    except Exception as e:  # noqa: BLE001 - a missing dataset or attribute leaves this table out, nothing else
+        return {}, f"per-{suite.spec.report_by} results left out: {e}"
 
 
 def by_attribute(suite: Suite, found: list[Arm]) -> dict[str, dict[str, tuple[float, int]]]:
