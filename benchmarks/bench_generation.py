@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from typing import Any
 
 import torch
 
@@ -26,6 +27,26 @@ QUESTIONS = ["Write a Python function that reverses a string.", "Explain what a 
              "Give three tips for writing clear emails.", "What causes the seasons on Earth?"]
 
 
+def decoding_models(base: Any, names: list[str]) -> dict[str, TextModel]:
+    """fedllm's decoding loop per precision name (fp32, bf16 autocast, bf16-stored: autocast over frozen
+    weights stored in bf16, what fedllm eval runs), each generating exactly max_new_tokens (no stop token)."""
+    models = {}
+    for n in names:
+        model = base.model
+        if n == "bf16-stored":
+            model = copy.deepcopy(base.model)
+            store_frozen_linears(model, torch.bfloat16)
+        models[n] = TextModel(model, base.tokenizer, Precision(n.split("-")[0], base.device), stop_token_ids=())
+        models[n].stop_ids = set()
+    return models
+
+
+def chat_prompts(tokenizer: Any, rows: int) -> list[str]:
+    """``rows`` chat prompts cycling over QUESTIONS, rendered with the chat template."""
+    tpl = get_template("chat", tokenizer)
+    return [prompt_text([Message("user", QUESTIONS[i % len(QUESTIONS)])], tpl) for i in range(rows)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,8,32")
@@ -36,23 +57,14 @@ def main() -> None:
     args = ap.parse_args()
     base = load_base_model(ModelConfig(precision="fp32", device="cpu"))
     names = args.precisions.split(",")
-    models = {}
-    for n in names:
-        model = base.model
-        if n == "bf16-stored":  # bf16 autocast over frozen weights stored in bf16 (what fedllm eval runs)
-            model = copy.deepcopy(base.model)
-            store_frozen_linears(model, torch.bfloat16)
-        models[n] = TextModel(model, base.tokenizer, Precision(n.split("-")[0], base.device), stop_token_ids=())
-    for lm in models.values():
-        lm.stop_ids = set()  # measure exactly --new tokens per answer
-    tpl = get_template("chat", base.tokenizer)
+    models = decoding_models(base, names)
     d = Decoding(temperature=0.0, max_new_tokens=args.new)
     sizes = [int(b) for b in args.batches.split(",")]
     outputs: dict[str, list[str]] = {}
     times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in sizes}
     for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every size and precision alike
         for b in sizes:
-            reqs = [GenRequest(str(i), prompt_text([Message("user", QUESTIONS[i % 4])], tpl), d) for i in range(b)]
+            reqs = [GenRequest(str(i), p, d) for i, p in enumerate(chat_prompts(base.tokenizer, b))]
             for n, lm in models.items():
                 t0 = time.perf_counter()
                 outputs[n] = lm.generate(reqs, batch_size=b)

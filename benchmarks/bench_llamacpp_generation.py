@@ -14,24 +14,20 @@ stored in bf16, as `fedllm eval` does under bf16); llama.cpp runs a GGUF of the 
 from __future__ import annotations
 
 import argparse
-import copy
 import ctypes
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.bench_generation import QUESTIONS
+from benchmarks.bench_generation import chat_prompts, decoding_models
 from benchmarks.common import median, write_result
 from fedllm.config import ModelConfig
-from fedllm.data.formatting import get_template, prompt_text
-from fedllm.data.schema import Message
-from fedllm.eval.generation import Decoding, GenRequest, TextModel
+from fedllm.eval.generation import Decoding, GenRequest
 from fedllm.models.embedded import GGUF_NAME, fetch_gguf, model_dir
 from fedllm.models.loading import load_base_model
-from fedllm.models.precision import Precision
-from fedllm.models.stored_weights import store_frozen_linears
 
 
 class LlamaCppBatch:
@@ -91,15 +87,6 @@ class LlamaCppBatch:
         return out
 
 
-def common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,8,32")
@@ -110,16 +97,10 @@ def main() -> None:
     args = ap.parse_args()
     gguf = Path(args.gguf) if args.gguf else fetch_gguf(model_dir().parent / f"{model_dir().name}-gguf")
     base = load_base_model(ModelConfig(precision="fp32", device="cpu"))
-    bf16 = copy.deepcopy(base.model)
-    store_frozen_linears(bf16, torch.bfloat16)
-    torch_paths = {"torch-fp32": TextModel(base.model, base.tokenizer, Precision("fp32", base.device), stop_token_ids=()),
-                   "torch-bf16": TextModel(bf16, base.tokenizer, Precision("bf16", base.device), stop_token_ids=())}
-    for lm in torch_paths.values():
-        lm.stop_ids = set()
-    tpl = get_template("chat", base.tokenizer)
+    torch_paths = {f"torch-{n.split('-')[0]}": lm for n, lm in decoding_models(base, ["fp32", "bf16-stored"]).items()}
     d = Decoding(temperature=0.0, max_new_tokens=args.new)
     sizes = [int(b) for b in args.batches.split(",")]
-    texts = {b: [prompt_text([Message("user", QUESTIONS[i % 4])], tpl) for i in range(b)] for b in sizes}
+    texts = {b: chat_prompts(base.tokenizer, b) for b in sizes}
     ids = {b: [base.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[b]] for b in sizes}
     cpp = LlamaCppBatch(gguf, n_ctx=max(sizes) * (max(len(x) for x in ids[max(sizes)]) + args.new + 8),
                         n_seq=max(sizes), threads=args.threads)
@@ -143,7 +124,7 @@ def main() -> None:
     for n in names:
         result[n] = {}
         for b in sizes:
-            pre = [common_prefix(x, y) for x, y in zip(answers[n, b], answers[ref, b])]
+            pre = [len(os.path.commonprefix([x, y])) for x, y in zip(answers[n, b], answers[ref, b])]
             result[n][str(b)] = {"seconds": times[n, b], "median_s": median(times[n, b]),
                                  "tokens_per_s": b * args.new / median(times[n, b]),
                                  "answers_equal_to_fp32": sum(x == y for x, y in zip(answers[n, b], answers[ref, b])),

@@ -17,8 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fedllm.bench.suite import SuiteError, builtin_suites, load_suite
-from fedllm.bench.html_report import paired_differences
-from fedllm.bench.suite_report import Arm, compare, holm, seed_stats
+from fedllm.bench.suite_report import Arm, compare, holm, paired_differences, seed_stats
 from fedllm.bench.suite_run import ResultsStore, plan
 from fedllm.cli import app
 

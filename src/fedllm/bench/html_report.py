@@ -11,7 +11,8 @@ from typing import Any
 
 from fedllm.bench import figures
 from fedllm.bench.suite import RUN_METRIC, Suite
-from fedllm.bench.suite_report import SEED_AXIS, Arm, arms, attribute_results, attribute_table, seed_stats, table
+from fedllm.bench.suite_report import (SEED_AXIS, Arm, AttributeResults, arms, attribute_results, attribute_table,
+                                      paired_differences, seed_stats, table)
 from fedllm.bench.tables import render
 from fedllm.config import dump_config
 
@@ -70,18 +71,6 @@ def _curves(suite: Suite, found: list[Arm]) -> list[tuple[str, str]]:
     return out
 
 
-def paired_differences(series: dict[str, dict[str, list[tuple[int, float]]]],
-                       twins: dict[str, str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """arm -> seed -> [(round, the arm's value minus its twin's at that round and seed)], for each arm
-    of ``twins`` (arm -> its reference arm); rounds or seeds the twin lacks are left out."""
-    out = {}
-    for arm, twin in twins.items():
-        theirs = {seed: dict(pts) for seed, pts in series[twin].items()}
-        out[arm] = {seed: [(r, v - theirs[seed][r]) for r, v in pts if r in theirs.get(seed, {})]
-                    for seed, pts in series[arm].items()}
-    return out
-
-
 def _bytes_vs_quality(found: list[Arm]) -> str:
     pts = {}
     for arm in found:
@@ -136,7 +125,7 @@ def _cost_table(found: list[Arm]) -> str:
 
 
 def suite_page(suite: Suite, rows: list[dict[str, Any]], failures: dict[str, str],
-               by_attr: tuple[dict[str, dict[str, tuple[float, int]]], str] | None = None) -> str:
+               by_attr: AttributeResults | None = None) -> str:
     """The page; ``by_attr``: :func:`attribute_results` when the caller already has it."""
     found = arms(suite, rows)
     spec = suite.spec
@@ -175,7 +164,7 @@ def suite_page(suite: Suite, rows: list[dict[str, Any]], failures: dict[str, str
 
 
 def write_suite_report(suite: Suite, rows: list[dict[str, Any]], out: Path,
-                       by_attr: tuple[dict[str, dict[str, tuple[float, int]]], str] | None = None) -> Path:
+                       by_attr: AttributeResults | None = None) -> Path:
     """``out/report.html`` (atomically), from the results store's rows and the cells' run directories."""
     from fedllm.jsonl import write_text_atomic
 

@@ -149,7 +149,10 @@ def table(suite: Suite, found: list[Arm], fmt: str, metrics: list[str] | None = 
     return render(head, out, fmt, left=len(axes))
 
 
-def attribute_results(suite: Suite, found: list[Arm]) -> tuple[dict[str, dict[str, tuple[float, int]]], str]:
+AttributeResults = tuple[dict[str, dict[str, tuple[float, int]]], str]  # arm -> value -> (mean, clients); why none
+
+
+def attribute_results(suite: Suite, found: list[Arm]) -> AttributeResults:
     """:func:`by_attribute`, or ({}, why) where it cannot be had: the table and page still render."""
     try:
         return by_attribute(suite, found), ""
@@ -193,3 +196,15 @@ def attribute_table(per: dict[str, dict[str, tuple[float, int]]], fmt: str) -> s
     n = {g: max(groups[g][1] for groups in per.values() if g in groups) for g in values}
     rows = [[arm, *(f"{groups[g][0]:.4f}" if g in groups else "-" for g in values)] for arm, groups in per.items()]
     return render(["arm", *(f"{g} ({n[g]})" for g in values)], rows, fmt)
+
+
+def paired_differences(series: dict[str, dict[str, list[tuple[int, float]]]],
+                       twins: dict[str, str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """arm -> seed -> [(round, the arm's value minus its twin's at that round and seed)], for each arm
+    of ``twins`` (arm -> its reference arm); rounds or seeds the twin lacks are left out."""
+    out = {}
+    for arm, twin in twins.items():
+        theirs = {seed: dict(pts) for seed, pts in series[twin].items()}
+        out[arm] = {seed: [(r, v - theirs[seed][r]) for r, v in pts if r in theirs.get(seed, {})]
+                    for seed, pts in series[arm].items()}
+    return out
