@@ -30,7 +30,7 @@ def main() -> None:
     base.model.requires_grad_(False)
     tpl = get_template("chat", base.tokenizer)
     problems = he.load_problems()[: args.problems]
-    lm = TextModel(base.model, base.tokenizer, base.precision, end_of_turn_ids(base.tokenizer))
+    lm = TextModel(base.model, base.tokenizer, base.precision, end_of_turn_ids(base.tokenizer), draft_tokens=0)  # as in (d‴)
     d = Decoding(temperature=0.0, max_new_tokens=args.new)
     out: dict[str, tuple[float, list[str]]] = {}
     for name in ("whole", "ended"):

@@ -168,3 +168,38 @@ def open_page(browser, url: str, screenshot=None):
     if screenshot is not None:
         page.screenshot(path=str(screenshot), full_page=True)
     return page, problems
+
+
+class OracleDrafts:
+    """Stands in for ``eval.drafts.PromptLookup`` in decoding tests: records each row's tokens and drafts
+    the answer ``answers`` holds for its prompt (if any): every third draft wrong at its second token, and
+    one token past the answer's end, so drafts are kept whole, kept in part and run into the answer's end."""
+
+    answers: dict[tuple[int, ...], list[int]] = {}
+    seen: dict[tuple[int, ...], list[int]] = {}
+    drafted: list[int] = []  # the length of every draft handed out
+
+    def __init__(self, tokens=()) -> None:
+        self.prompt, self.out, self.calls = tuple(tokens), [], 0
+        type(self).seen[self.prompt] = self.out
+
+    def extend(self, tokens) -> None:
+        self.out.extend(tokens)
+
+    def draft(self, k: int) -> list[int]:
+        self.calls += 1
+        known = self.answers.get(self.prompt)
+        if known is None:
+            return []
+        want = (known + [0])[len(self.out):len(self.out) + k]
+        if self.calls % 3 == 0 and len(want) > 1:
+            want[1] = want[1] - 1 if want[1] else 1
+        type(self).drafted.append(len(want))
+        return want
+
+
+def oracle_drafts(monkeypatch: pytest.MonkeyPatch, answers: dict[tuple[int, ...], list[int]]) -> type[OracleDrafts]:
+    """Decoding with ``OracleDrafts`` holding ``answers`` (empty: no drafts, each row's tokens recorded)."""
+    cls = type("Oracle", (OracleDrafts,), {"answers": answers, "seen": {}, "drafted": []})
+    monkeypatch.setattr("fedllm.eval.generation.PromptLookup", cls)
+    return cls

@@ -17,7 +17,7 @@ from fedllm.eval.runner import EvalSettings, run_evaluation, write_results
 from fedllm.eval.target import TargetError, resolve_target, resolve_targets
 from fedllm.models.loading import load_base_model
 from fedllm.models.precision import Precision
-from tests.conftest import synthetic_records, tiny_config
+from tests.conftest import oracle_drafts, synthetic_records, tiny_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
@@ -530,6 +530,45 @@ def test_waiting_requests_take_the_places_of_finished_rows(tiny_lm, monkeypatch)
     assert together == alone
     assert entered[0] == 3 and len(entered) > 2 and sum(entered) == len(reqs)  # rows joined a running batch
     assert sorted(handed) == sorted(r.key for r in reqs)  # each answer handed over once, as it ended
+
+
+def test_drafts_keep_only_the_tokens_greedy_decoding_would_choose(tiny_lm, monkeypatch):
+    """Speculative decoding: a greedy row's draft is checked in the same forward as its next token, and
+    only the tokens greedy decoding would have chosen stay (the rest masked in the cache). With drafts
+    right, partly right and running past an answer's end, in batches that rows join, beside sampled
+    rows and with stop strings, every answer is the one decoding a token a step gives, in fewer forwards."""
+    p = _prompts(tiny_lm) * 2
+    full = [tiny_lm.generate([GenRequest(str(i), q, Decoding(max_new_tokens=24))])[0] for i, q in enumerate(p)]
+    stops = (full[1][12:14],)
+    reqs = [GenRequest(str(i), q, Decoding(temperature=0.8 if i == 2 else 0.0, max_new_tokens=24, stop=stops), seed=i)
+            for i, q in enumerate(p)]
+    forwards: list[int] = []
+    hook = tiny_lm.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: forwards.append(a[0].shape[1]))
+    try:
+        recorded = oracle_drafts(monkeypatch, {})  # no drafts: one token a step, each row's tokens recorded
+        plain = tiny_lm.generate(reqs, batch_size=3)
+        plain_forwards = len(forwards)
+        oracle_drafts(monkeypatch, dict(recorded.seen))
+        drafted = tiny_lm.generate(reqs, batch_size=3)
+        widths = forwards[plain_forwards:]
+    finally:
+        hook.remove()
+    assert plain == [tiny_lm.generate([r])[0] for r in reqs]
+    assert plain[1] == full[1][:12] and plain[0] == full[0]  # a stop string and an answer ending on its own
+    assert drafted == plain
+    assert len(widths) <= plain_forwards / 2 and 1 + tiny_lm.draft_tokens in widths  # the sampled row sets the pace
+
+
+def test_prompt_lookup_drafts_what_followed_the_latest_earlier_tail():
+    from fedllm.eval.drafts import PromptLookup
+
+    look = PromptLookup([1, 2, 3, 9, 1, 2, 3, 4, 5, 2, 3])
+    assert look.draft(3) == [4, 5, 2]  # tail (1,)2,3 last seen before 4 (the 3-gram 5,2,3 is new)
+    look.extend([7])
+    assert look.draft(2) == []  # 3, 2-, 1-grams ending in 7 never seen before
+    look.extend([1, 2])
+    assert look.draft(4) == [3, 4, 5, 2]  # tail 7,1,2 is new; 1,2 last followed by 3 at position 5
+    assert PromptLookup([5]).draft(4) == [] and PromptLookup([5, 5]).draft(4) == [5]
 
 
 def test_a_bf16_cache_gives_autocast_the_keys_it_would_cast(tiny_lm, monkeypatch):

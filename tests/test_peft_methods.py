@@ -14,7 +14,7 @@ from fedllm.eval.generation import Decoding, GenRequest, TextModel
 from fedllm.models.peft_methods import PEFT_METHODS, input_logits
 from fedllm.runs import RunError
 from fedllm.train.objective import token_loss_sum
-from tests.conftest import kill_in_round, run_sim, synthetic_records, tiny_config
+from tests.conftest import kill_in_round, oracle_drafts, run_sim, synthetic_records, tiny_config
 
 METHODS = ["lora", "dora", "ia3", "prompt", "ptuning", "prefix"]
 
@@ -54,15 +54,16 @@ def test_loss_equals_peft_forward(method, peft):
 
 
 @pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix", "lora"])
-def test_cached_batched_decoding_equals_the_uncached_forward(method):
+def test_cached_batched_decoding_equals_the_uncached_forward(method, monkeypatch):
     """Our KV-cache decoding loop adds a prompt method's virtual tokens once, at the positions training
-    gives them: its greedy answers equal argmax decoding with peft's full forward, row by row."""
+    gives them: its greedy answers equal argmax decoding with peft's full forward, row by row, one token a
+    step and with drafts checked several tokens a step."""
     s = _session(method)
     lm = TextModel(s.base.model, s.base.tokenizer, s.base.precision)
     prompts = ["Repeat alpha three times.", "Hi"]
     d = Decoding(temperature=0.0, max_new_tokens=6)
-    got = lm.generate([GenRequest(str(i), p, d) for i, p in enumerate(prompts)], batch_size=2)
-    for text, prompt in zip(got, prompts):
+    expected = {}
+    for prompt in prompts:
         ids, out = lm.encode(prompt), []
         for _ in range(6):
             with torch.no_grad():
@@ -70,7 +71,12 @@ def test_cached_batched_decoding_equals_the_uncached_forward(method):
             if tok in lm.stop_ids:
                 break
             out.append(tok)
-        assert text == lm.tokenizer.decode(out, skip_special_tokens=True)
+        expected[tuple(ids)] = out
+    want = [lm.tokenizer.decode(expected[tuple(lm.encode(p))], skip_special_tokens=True) for p in prompts]
+    for answers in ({}, expected):  # no drafts; drafts of the answers, some wrong
+        drafts = oracle_drafts(monkeypatch, answers)
+        assert lm.generate([GenRequest(str(i), p, d) for i, p in enumerate(prompts)], batch_size=2) == want
+        assert any(drafts.drafted) == bool(answers)
 
 
 def _run(cfg, resume: bool = False):

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from fedllm.eval.code_blocks import closed_block_defines
+from fedllm.eval.drafts import PromptLookup
 from fedllm.eval.kv_cache import DynamicLayer, GrowingLayer, growing_cache
 from fedllm.models.peft_methods.virtual import decoding_start, input_logits, virtual_tokens
 from fedllm.models.precision import Precision
@@ -67,6 +68,7 @@ class _Row:
     done: bool = False
     handed: bool = False  # the answer went to on_done
     generator: torch.Generator | None = None
+    lookup: PromptLookup | None = None  # prompt and answer, indexed for drafts (greedy rows)
 
 
 @dataclass
@@ -77,7 +79,7 @@ class _Batch:
     step: Any  # what runs a decoding step: the model, or its base with virtual tokens added once
     past: Any
     mask: torch.Tensor  # [rows, cached positions]
-    pos: torch.Tensor  # [rows, 1]: each row's next position id
+    pos: torch.Tensor  # [rows, 1]: each row's next position id (drafts rejected leave masked gaps in the cache)
     nxt: torch.Tensor  # [rows]: each row's next input token
 
 
@@ -91,6 +93,7 @@ class _Prefix:
 
 
 MIN_SHARED_PREFIX = 64  # tokens; a chat template's system prompt alone is not worth a separate pass
+DRAFT_TOKENS = 4  # prompt-lookup draft checked per greedy row and step (benchmarks/RESULTS.md (d⁶))
 
 
 def _common_prefix(rows: Sequence[_Row]) -> int:
@@ -152,10 +155,12 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 class TextModel:
     """A causal LM and its tokenizer, ready to generate and score text (adapter state as loaded)."""
 
-    def __init__(self, model: Any, tokenizer: Any, precision: Precision, stop_token_ids: Sequence[int] = ()) -> None:
+    def __init__(self, model: Any, tokenizer: Any, precision: Precision, stop_token_ids: Sequence[int] = (),
+                 draft_tokens: int = DRAFT_TOKENS) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.precision = precision
+        self.draft_tokens = draft_tokens  # 0: one token per row and step
         eos = tokenizer.eos_token_id
         self.stop_ids = {int(i) for i in stop_token_ids} | ({int(eos)} if eos is not None else set())
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
@@ -206,6 +211,8 @@ class TextModel:
         row = _Row(request, self.encode(request.prompt), index=index)
         if request.decoding.temperature > 0:
             row.generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        elif self.draft_tokens > 0:
+            row.lookup = PromptLookup(row.ids)
         return row
 
     @torch.no_grad()
@@ -298,36 +305,80 @@ class TextModel:
         return torch.bfloat16 if self.precision.name == "bf16" else None
 
     def _step(self, batch: _Batch, stop: tuple[str, ...]) -> None:
-        """One decoding step of every row in the batch."""
+        """One decoding step of every row: its next token and, for a greedy row with a prompt-lookup draft,
+        the draft checked in the same forward. A row keeps the draft's tokens up to the first that greedy
+        decoding would not have chosen; the rejected ones stay in the cache, masked, and positions skip them."""
         device = self.precision.device
-        batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long, device=device)], dim=1)
+        drafts = self._drafts(batch)
+        width = 1 + max(map(len, drafts), default=0)
+        ids, fresh = batch.nxt[:, None], torch.ones((len(batch.rows), width), dtype=torch.long)
+        if width > 1:
+            ids = torch.full((len(batch.rows), width), self.pad_id, dtype=torch.long)
+            ids[:, 0] = batch.nxt.cpu()
+            for j, d in enumerate(drafts):
+                ids[j, 1:1 + len(d)] = torch.tensor(d, dtype=torch.long)
+                fresh[j, 1 + len(d):] = 0
+            ids = ids.to(device)
+        batch.mask = torch.cat([batch.mask, fresh.to(device)], dim=1)
         with self.precision.autocast():
-            out = batch.step(input_ids=batch.nxt[:, None], attention_mask=batch.mask, position_ids=batch.pos,
-                             past_key_values=batch.past, use_cache=True, logits_to_keep=1)
+            out = batch.step(input_ids=ids, attention_mask=batch.mask, position_ids=batch.pos + torch.arange(width, device=device),
+                             past_key_values=batch.past, use_cache=True, logits_to_keep=width)
         batch.past = out.past_key_values
-        batch.pos = batch.pos + 1
-        batch.nxt = self._sample_rows(batch.rows, out.logits[:, -1, :], stop)
+        if width == 1:
+            batch.pos = batch.pos + 1
+            batch.nxt = self._sample_rows(batch.rows, out.logits[:, -1, :], stop)
+            return
+        logits = out.logits.float().cpu()
+        nxt, advance = [], []
+        for j, (r, d) in enumerate(zip(batch.rows, drafts)):
+            tok, kept = self._check_draft(r, logits[j], d, stop)
+            nxt.append(tok)
+            advance.append(1 + kept)
+            batch.mask[j, batch.mask.shape[1] - width + 1 + kept:] = 0
+        batch.pos = batch.pos + torch.tensor(advance, device=device)[:, None]
+        batch.nxt = torch.tensor(nxt, dtype=torch.long, device=device)
+
+    def _drafts(self, batch: _Batch) -> list[list[int]]:
+        """Each row's draft: none for sampling or finished rows, nor past its token budget, nor where the
+        cache cannot hold masked gaps (sliding-window layers count positions, not unmasked ones)."""
+        if self.draft_tokens <= 0 or not any(r.lookup for r in batch.rows) or not _mergeable(batch.past):
+            return [[] for _ in batch.rows]
+        return [r.lookup.draft(min(self.draft_tokens, r.request.decoding.max_new_tokens - r.steps - 1))
+                if r.lookup is not None and not r.done else [] for r in batch.rows]
+
+    def _check_draft(self, r: _Row, logits: torch.Tensor, draft: list[int], stop: tuple[str, ...]) -> tuple[int, int]:
+        """(the row's next input token, how many draft tokens it kept): tokens are chosen at each position
+        in turn, as one-token steps would, until one differs from the draft or the answer ends."""
+        if r.done:  # only when the cache cannot drop rows
+            return self.pad_id, 0
+        for i in range(len(draft) + 1):
+            tok = self._take(r, logits[i], stop)
+            if i == len(draft) or tok != draft[i] or r.done or r.steps >= r.request.decoding.max_new_tokens:
+                return tok, i
+        raise AssertionError("unreachable")
 
     def _sample_rows(self, rows: list[_Row], logits: torch.Tensor, stop: tuple[str, ...]) -> torch.Tensor:
         """Each unfinished row's next token (finished rows idle on padding until they leave the batch)."""
         logits = logits.float().cpu()
-        nxt = []
-        for j, r in enumerate(rows):
-            if r.done:  # only when the cache cannot drop rows
-                nxt.append(self.pad_id)
-                continue
-            tok = _sample(logits[j], r.request.decoding, r.generator)
-            r.steps += 1
-            if tok in self.stop_ids:
-                r.done = True
-            else:
-                r.out.append(tok)
-                if stop and _cut_at_stop(self.tokenizer.decode(r.out[-64:]), stop)[1]:
-                    r.done = True
-                elif self._block_closed(r):
-                    r.done = True
-            nxt.append(tok)
+        nxt = [self.pad_id if r.done else self._take(r, logits[j], stop) for j, r in enumerate(rows)]
         return torch.tensor(nxt, dtype=torch.long, device=self.precision.device)
+
+    def _take(self, r: _Row, logits: torch.Tensor, stop: tuple[str, ...]) -> int:
+        """The row's next token from its logits, added to its answer; the row is done at a stop token, a stop
+        string or the closed code block it waits for."""
+        tok = _sample(logits, r.request.decoding, r.generator)
+        r.steps += 1
+        if tok in self.stop_ids:
+            r.done = True
+            return tok
+        r.out.append(tok)
+        if r.lookup is not None:
+            r.lookup.extend((tok,))
+        if stop and _cut_at_stop(self.tokenizer.decode(r.out[-64:]), stop)[1]:
+            r.done = True
+        elif self._block_closed(r):
+            r.done = True
+        return tok
 
     def _block_closed(self, r: _Row) -> bool:
         """Whether the row's answer has closed the code block its decoding waits for."""
