@@ -21,15 +21,17 @@ reports exactly the ε an uninterrupted one would.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
-import dp_accounting
-from dp_accounting import DpEvent, NeighboringRelation
-from dp_accounting.pld import PLDAccountant
-from dp_accounting.rdp import RdpAccountant
+if TYPE_CHECKING:
+    from dp_accounting import DpEvent, NeighboringRelation
+    from dp_accounting.pld import PLDAccountant
+    from dp_accounting.rdp import RdpAccountant
 
 Sampling = Literal["poisson", "uniform"]
 AccountantName = Literal["rdp", "pld"]
@@ -74,6 +76,17 @@ GUARANTEES: dict[str, str] = {
         "client took part in, with no amplification from sampling."
     ),
 }
+
+
+def _dp() -> ModuleType:
+    """``dp_accounting``, imported on first use: with SciPy it takes about a second, which every
+    process importing fedllm's config (each ``fedllm`` command, each Flower ClientApp) would pay
+    otherwise, private run or not."""
+    import dp_accounting
+    import dp_accounting.pld
+    import dp_accounting.rdp
+
+    return dp_accounting
 
 
 # ------------------------------------------------------------------------------ validation
@@ -129,25 +142,26 @@ def fedllm_bench_sigma(epsilon: float, delta: float, lr: float, clip: float, tot
 
 def _make_accountant(accountant: AccountantName, relation: NeighboringRelation) -> RdpAccountant | PLDAccountant:
     if accountant == "rdp":
-        return RdpAccountant(neighboring_relation=relation)
+        return _dp().rdp.RdpAccountant(neighboring_relation=relation)
     if accountant == "pld":
-        return PLDAccountant(neighboring_relation=relation)
+        return _dp().pld.PLDAccountant(neighboring_relation=relation)
     raise ValueError(f"accountant must be 'rdp' or 'pld', got {accountant!r}")
 
 
 def _round_event(noise_multiplier: float, sampling: Sampling, num_clients: int, clients_per_round: int) -> DpEvent:
     """One DP-FedAvg round: the subsampled Gaussian mechanism on the sum of clipped updates."""
+    dpa = _dp()
     if sampling == "poisson":
         # Add/remove one user moves the sum by ≤ C: multiplier z.
-        return dp_accounting.PoissonSampledDpEvent(clients_per_round / num_clients,
-                                                   dp_accounting.GaussianDpEvent(noise_multiplier))
+        return dpa.PoissonSampledDpEvent(clients_per_round / num_clients, dpa.GaussianDpEvent(noise_multiplier))
     # Replace one user moves the sum by ≤ 2C: multiplier (z·C)/(2C) = z/2.
-    return dp_accounting.SampledWithoutReplacementDpEvent(num_clients, clients_per_round,
-                                                          dp_accounting.GaussianDpEvent(noise_multiplier / 2))
+    return dpa.SampledWithoutReplacementDpEvent(num_clients, clients_per_round,
+                                                dpa.GaussianDpEvent(noise_multiplier / 2))
 
 
 def _relation(sampling: Sampling) -> NeighboringRelation:
-    return NeighboringRelation.ADD_OR_REMOVE_ONE if sampling == "poisson" else NeighboringRelation.REPLACE_ONE
+    relation = _dp().NeighboringRelation
+    return relation.ADD_OR_REMOVE_ONE if sampling == "poisson" else relation.REPLACE_ONE
 
 
 def _check_mode(sampling: str, accountant: str) -> None:
@@ -207,18 +221,24 @@ class DpFedAvgAccounting:
         """The composed event of ``rounds`` rounds (``NoOpDpEvent`` for 0)."""
         _count("rounds", rounds, minimum=0)
         if rounds == 0:
-            return dp_accounting.NoOpDpEvent()
+            return _dp().NoOpDpEvent()
         one = _round_event(self.noise_multiplier, self.sampling, self.num_clients, self.clients_per_round)
-        return dp_accounting.SelfComposedDpEvent(one, rounds)
+        return _dp().SelfComposedDpEvent(one, rounds)
 
     def epsilon(self, rounds: int) -> float:
         """ε at ``delta`` after ``rounds`` rounds (0.0 for none); ValueError where the accountant cannot
         certify one (see ``certified``)."""
-        event = self.event(rounds)
-        if rounds == 0:
-            return 0.0
-        acc = _make_accountant(self.accountant, self.neighboring_relation)
-        return certified(float(acc.compose(event).get_epsilon(self.delta)), self.noise_multiplier, self.accountant)
+        return _epsilon(self, rounds)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)  # pure, and up to a second each: a resumed run asks again
+def _epsilon(accounting: DpFedAvgAccounting, rounds: int) -> float:
+    event = accounting.event(rounds)
+    if rounds == 0:
+        return 0.0
+    acc = _make_accountant(accounting.accountant, accounting.neighboring_relation)
+    return certified(float(acc.compose(event).get_epsilon(accounting.delta)), accounting.noise_multiplier,
+                     accounting.accountant)
 
 
 def certified(epsilon: float, noise_multiplier: float, accountant: str) -> float:
@@ -244,6 +264,7 @@ def largest_certifiable(eps_of: Callable[[float], float], lo: float, hi: float) 
             z /= 2
 
 
+@functools.lru_cache(maxsize=64, typed=True)  # pure, and seconds each: a resumed run asks again
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, rounds: int, sampling: Sampling,
                                num_clients: int, clients_per_round: int,
                                accountant: AccountantName = "rdp") -> float:
@@ -301,10 +322,11 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, rounds: int,
 def _solve(accountant: AccountantName, sampling: Sampling, num_clients: int, clients_per_round: int, delta: float,
            rounds: int, target_epsilon: float, lo: float, hi: float, tol: float) -> float:
     """``dp_accounting.calibrate_dp_mechanism`` for z in [lo, hi] (ε(lo) > target ≥ ε(hi))."""
-    z = dp_accounting.calibrate_dp_mechanism(
+    dpa = _dp()
+    z = dpa.calibrate_dp_mechanism(
         lambda: _make_accountant(accountant, _relation(sampling)),
         lambda z: DpFedAvgAccounting(z, sampling, num_clients, clients_per_round, delta, accountant).event(rounds),
-        target_epsilon, delta, dp_accounting.ExplicitBracketInterval(lo, hi), tol=tol)
+        target_epsilon, delta, dpa.ExplicitBracketInterval(lo, hi), tol=tol)
     return float(z)
 
 
@@ -373,9 +395,10 @@ def local_dp_event(noise_multiplier: float, participations: int) -> DpEvent:
     mechanisms with multiplier z/2 (sensitivity 2C under replace-one), no sampling."""
     _positive("noise_multiplier", noise_multiplier)
     _count("participations", participations, minimum=0)
+    dpa = _dp()
     if participations == 0:
-        return dp_accounting.NoOpDpEvent()
-    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise_multiplier / 2), participations)
+        return dpa.NoOpDpEvent()
+    return dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(noise_multiplier / 2), participations)
 
 
 def local_dp_epsilon(noise_multiplier: float, participations: int, delta: float,
@@ -395,7 +418,8 @@ def local_dp_epsilon(noise_multiplier: float, participations: int, delta: float,
     if participations == 0:
         return 0.0
     if accountant == "pld":
-        eps = float(dp_accounting.get_epsilon_gaussian(noise_multiplier / 2 / math.sqrt(participations), delta))
+        eps = float(_dp().get_epsilon_gaussian(noise_multiplier / 2 / math.sqrt(participations), delta))
     else:
-        eps = float(_make_accountant(accountant, NeighboringRelation.ADD_OR_REMOVE_ONE).compose(event).get_epsilon(delta))
+        relation = _dp().NeighboringRelation.ADD_OR_REMOVE_ONE
+        eps = float(_make_accountant(accountant, relation).compose(event).get_epsilon(delta))
     return certified(eps, noise_multiplier, accountant)

@@ -78,7 +78,7 @@ class FlowerFleet:
         msgs = [Message(R.pack({"run": self.run_config}), dst_node_id=n, message_type=R.CENSUS, group_id="census")
                 for n in nodes]
         out: dict[int, dict[str, Any]] = {}
-        for m in self.grid.send_and_receive(msgs, timeout=timeout):
+        for m in send_and_receive(self.grid, msgs, timeout):
             node = m.metadata.src_node_id
             self.asked.add(node)
             why = _failure(m)
@@ -220,7 +220,7 @@ class FederatedEvaluator:
                 for node, cids in by_node.items()]
         sums: dict[str, ClientSums] = {}
         kinds: dict[str, str] = {}
-        for m in fleet.grid.send_and_receive(msgs, timeout=fleet.cfg.deploy.round_timeout):
+        for m in send_and_receive(fleet.grid, msgs, fleet.cfg.deploy.round_timeout):
             why = _failure(m)
             if why is not None:
                 fleet.reporter.warn(f"evaluation on node {m.metadata.src_node_id} failed: {why}")
@@ -229,6 +229,24 @@ class FederatedEvaluator:
             sums.update({c: ClientSums(**v) for c, v in header["sums"].items()})
             kinds.update(header.get("kinds", {}))
         return {c: sums[c] for c in fleet.order if c in sums}, kinds
+
+
+def send_and_receive(grid: Any, msgs: list[Message], timeout: float) -> list[Message]:
+    """Flower's ``Grid.send_and_receive`` with fedllm's poll: the replies that arrive within ``timeout``
+    seconds. (A deployment's grid sleeps 3 s between pulls, which a census or an evaluation would wait
+    out after its last reply.)"""
+    pending = set(grid.push_messages(msgs))
+    deadline = time.monotonic() + timeout
+    out: list[Message] = []
+    while pending:
+        got = list(grid.pull_messages(list(pending)))
+        out += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if not pending or time.monotonic() >= deadline:
+            break
+        if not got:
+            time.sleep(POLL)
+    return out
 
 
 def _failure(m: Message) -> str | None:
