@@ -111,8 +111,12 @@ def test_a_killed_suite_resumes_its_interrupted_cell_and_leaves_no_process_behin
     assert list((run_dir / "checkpoints").glob("round-*")), "no checkpoint within 240 s"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(1.0)
-    left = subprocess.run(["pgrep", "-f", str(out / "cells")], capture_output=True, text=True).stdout.split()
+    deadline = time.monotonic() + 1.0  # a cell gets its parent-death signal at once: a second to be gone
+    while True:
+        left = subprocess.run(["pgrep", "-f", str(out / "cells")], capture_output=True, text=True).stdout.split()
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert not left, "a cell process outlived the killed suite"
     assert not (run_dir / "summary.json").exists()
     suite = load_suite(path, out)
@@ -129,7 +133,7 @@ def test_an_edited_suite_moves_changed_cells_aside_and_reruns_only_them(tmp_path
     path = _suite(tmp_path, bench_file, axes={"method": {"fedavg": {}, "local": {"fl.algorithm": "local"}}},
                   compare=None)
     out = tmp_path / "out"
-    assert runner.invoke(app, ["bench", str(path), "--out", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["bench", str(path), "--out", str(out), "--jobs", "2", "--threads", "1"]).exit_code == 0
     spec = yaml.safe_load(path.read_text())
     spec["axes"]["method"]["local"]["train.lr"] = 1e-3
     path.write_text(yaml.safe_dump(spec))
@@ -153,7 +157,7 @@ def test_a_grouped_cell_scores_each_groups_adapter_and_weights_groups_by_their_c
     spec["set"].update({"fl.rounds": 1, "eval.every": 0})
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
-    res = runner.invoke(app, ["bench", str(path), "--out", str(out)])
+    res = runner.invoke(app, ["bench", str(path), "--out", str(out), "--jobs", "2", "--threads", "1"])
     assert res.exit_code == 0, res.output
     rows = {(r["cell"], r["metric"]): r for r in ResultsStore(out / "results.jsonl").rows()}
     group_dirs = {g: out / "runs" / "pairs" / "groups" / g for g in ("a", "b")}
@@ -187,7 +191,7 @@ def test_a_failing_cell_is_reported_and_the_others_finish(tmp_path, bench_file):
                                                                               "fl.local_client": "nobody"}}},
                   compare=None)
     out = tmp_path / "out"
-    res = runner.invoke(app, ["bench", str(path), "--out", str(out)])
+    res = runner.invoke(app, ["bench", str(path), "--out", str(out), "--jobs", "2", "--threads", "1"])
     assert res.exit_code == 1
     failures = json.loads((out / "failures.json").read_text())
     assert list(failures) == ["bad"] and "not a client id" in failures["bad"] and "logs/bad.log" in failures["bad"]

@@ -257,8 +257,13 @@ def test_sigkilled_process_resumes_bit_identically(tmp_path, bench_file):
                 "model.name=tiny", f"data.dataset={bench_file}", "data.max_length=64", "lora.r=4",
                 "fl.algorithm=scaffold", "fl.rounds=6", "train.local_steps=25", "train.batch_size=2", "eval.every=2"]
 
-    subprocess.run(args("ref"), check=True, capture_output=True)
-    proc = subprocess.Popen(args("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the uninterrupted run goes side by side with the one to kill, so every process computes with one
+    # thread (as `fedllm bench` runs its cells): two with a thread per core each would spin against each other
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    ref_log = tmp_path / "ref.log"
+    with open(ref_log, "w") as f:
+        ref_proc = subprocess.Popen(args("ref"), stdout=f, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(args("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -270,7 +275,8 @@ def test_sigkilled_process_resumes_bit_identically(tmp_path, bench_file):
     proc.wait()
     assert not (tmp_path / "killed" / "summary.json").exists()
     subprocess.run([sys.executable, "-m", "fedllm.cli", "train", "-q", "--resume", str(tmp_path / "killed")],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=env)
+    assert ref_proc.wait(timeout=300) == 0, ref_log.read_text()[-2000:]
     ref = load_adapter_state(tmp_path / "ref" / "adapter")
     got = load_adapter_state(tmp_path / "killed" / "adapter")
     assert all(torch.equal(got[k], ref[k]) for k in ref)

@@ -260,10 +260,14 @@ def hosts(nodes: int):
 def test_tls_deployment_across_hosts_with_registered_nodes_equals_the_simulation_bit_for_bit(tmp_path):
     """SCAFFOLD (c and c_i travel, client state lives on the nodes) over TLS with SuperNode
     authentication, the SuperLink and each SuperNode in their own network namespace (as separate
-    hosts); a node with an unregistered key is refused and the run goes on without it."""
+    hosts); a node with an unregistered key is refused and the run goes on without it.
+
+    Seed 9 samples user0+user1, then user1+user2: each round sends one client to each node (a node
+    serves its messages one at a time, each in a fresh ClientApp process, the time this test takes),
+    and user1 trains twice, so its c_i is read back from node 1's store in round 2."""
     import subprocess
 
-    cfg = deployed_config(tmp_path, fl={"algorithm": "scaffold", "rounds": 2, "clients_per_round": 3},
+    cfg = deployed_config(tmp_path, seed=9, fl={"algorithm": "scaffold", "rounds": 2, "clients_per_round": 2},
                           deploy={"min_nodes": 2, "node_wait": 120})
     with hosts(3) as (link, spaces, addresses):
         make_certs(tmp_path / "certs", ["localhost", "127.0.0.1", *sorted(set(addresses))], nodes=3)
@@ -300,6 +304,9 @@ def test_tls_deployment_across_hosts_with_registered_nodes_equals_the_simulation
     # the bytes the engine counts are fedllm's own blobs, as in-process: instructions are the same bytes;
     # replies differ only in their metrics' digits (timings)
     dep, ref_rounds = events(cfg.run_dir, "round"), events(sim.run_dir, "round")
+    sampled = [sorted(e["aggregated"]) for e in dep]
+    assert sampled == [sorted(e["aggregated"]) for e in ref_rounds]
+    assert sampled == [["user0", "user1"], ["user1", "user2"]], "the set-up above no longer holds: pick another seed"
     assert [e["bytes_down"] for e in dep] == [e["bytes_down"] for e in ref_rounds]
     assert all(abs(a["bytes_up"] - b["bytes_up"]) < 0.001 * b["bytes_up"] for a, b in zip(dep, ref_rounds))
 
@@ -311,7 +318,7 @@ def test_serve_without_nodes_stops_with_the_reason_and_exit_status_1(tmp_path):
     import subprocess
     import sys
 
-    cfg = deployed_config(tmp_path, deploy={"min_nodes": 2, "node_wait": 3})
+    cfg = deployed_config(tmp_path, deploy={"min_nodes": 2, "node_wait": 1})
     path = tmp_path / "run.yaml"
     path.write_text(dump_config(cfg))
     fedllm = Path(sys.executable).parent / "fedllm"
@@ -319,7 +326,7 @@ def test_serve_without_nodes_stops_with_the_reason_and_exit_status_1(tmp_path):
                        text=True, timeout=180)
     flat = " ".join(r.stdout.split())
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "run stopped: only 0 of deploy.min_nodes=2 nodes connected within deploy.node_wait=3s" in flat
+    assert "run stopped: only 0 of deploy.min_nodes=2 nodes connected within deploy.node_wait=1s" in flat
     assert not cfg.run_dir.exists()
 
 

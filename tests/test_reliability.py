@@ -107,6 +107,11 @@ def train(*args):
 common = ["model.name=tiny", f"data.dataset={bench}", "data.max_length=64", "lora.r=4", "fl.algorithm=scaffold",
           "fl.rounds=6", "train.local_steps=2", "train.batch_size=2", "eval.every=0", "checkpoint.keep=10"]
 out = {}
+ro = os.path.join(tmp, "ro")  # the read-only run, side by side with the full-disk one
+os.makedirs(ro, exist_ok=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro], check=True)
+readonly = subprocess.Popen([sys.executable, "-m", "fedllm.cli", "train", "-q", f"output_dir={ro}", "name=x", *common],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 mount("size=%s" % sys.argv[3])
 out["full"] = train(f"output_dir={mnt}", "name=r", *common)
 out["left"] = sorted(os.listdir(os.path.join(mnt, "r", "checkpoints"))) if os.path.isdir(os.path.join(mnt, "r", "checkpoints")) else []
@@ -114,9 +119,8 @@ subprocess.run(["mount", "-o", "remount,size=64m", mnt], check=True)
 out["resumed"] = train("--resume", os.path.join(mnt, "r"))
 subprocess.run(["cp", "-r", os.path.join(mnt, "r"), os.path.join(tmp, "resumed")], check=True)
 subprocess.run(["umount", mnt], check=True)
-mount("ro,size=1m")
-out["readonly"] = train(f"output_dir={mnt}", "name=x", *common)
-subprocess.run(["umount", mnt], check=True)
+out["readonly"] = {"out": readonly.communicate()[0], "rc": readonly.returncode}
+subprocess.run(["umount", ro], check=True)
 print(json.dumps(out))
 '''
 
@@ -240,11 +244,11 @@ def test_adapter_config_is_the_same_under_any_hash_seed(tmp_path):
               "attach_adapter, save_adapter\nfrom fedllm.models.tiny import build_tiny_model\n"
               "slot = AdapterSlot(attach_adapter(build_tiny_model(), build_config({'lora': {'r': 4}})))\n"
               "save_adapter(slot, slot.initial_state(0), sys.argv[1])\n")
-    texts = []
-    for seed in ("1", "2", "3"):
-        out = tmp_path / seed
-        subprocess.run([sys.executable, "-c", script, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": seed})
-        texts.append((out / "adapter_config.json").read_text())
+    seeds = ("1", "2", "3")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / seed)],
+                              env={**os.environ, "PYTHONHASHSEED": seed}) for seed in seeds]  # side by side
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    texts = [(tmp_path / seed / "adapter_config.json").read_text() for seed in seeds]
     assert texts[0] == texts[1] == texts[2]
     assert json.loads(texts[0])["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
     umask = os.umask(0)
