@@ -45,15 +45,19 @@ def main() -> None:
     result: dict[str, dict] = {}
     for name, lm in decoding_models(base, args.precisions.split(",")).items():
         lm.stop_ids = {int(i) for i in end_of_turn_ids(base.tokenizer)} | {int(base.tokenizer.eos_token_id)}
+        forwards: list[int] = []  # positions per row of each forward (prefills included)
+        lm.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: forwards.append(a[0].shape[1]))
         for set_name, reqs in sets.items():
             answers, row = {}, {}
             for k in drafts:
                 lm.draft_tokens = k
+                forwards.clear()
                 t0 = time.perf_counter()
                 answers[k] = lm.generate(reqs, batch_size=args.batch)
                 row[str(k)] = {"seconds": time.perf_counter() - t0,
                                "tokens": sum(len(lm.encode(a)) for a in answers[k]),
-                               "answers_equal_to_first": sum(a == b for a, b in zip(answers[k], answers[drafts[0]]))}
+                               "answers_equal_to_first": sum(a == b for a, b in zip(answers[k], answers[drafts[0]])),
+                               "forwards": len(forwards), "wide_forwards": sum(1 < w <= 1 + k for w in forwards)}
                 print(name, set_name, k, row[str(k)], flush=True)
             result[f"{name}/{set_name}"] = row
     write_result("drafts", {"requests": {k: len(v) for k, v in sets.items()}, "batch": args.batch, "by_path": result})

@@ -536,7 +536,10 @@ def test_drafts_keep_only_the_tokens_greedy_decoding_would_choose(tiny_lm, monke
     """Speculative decoding: a greedy row's draft is checked in the same forward as its next token, and
     only the tokens greedy decoding would have chosen stay (the rest masked in the cache). With drafts
     right, partly right and running past an answer's end, in batches that rows join, beside sampled
-    rows and with stop strings, every answer is the one decoding a token a step gives, in fewer forwards."""
+    rows and with stop strings, every answer is the one decoding a token a step gives, in fewer forwards;
+    a batch that rows join drops its rejected drafts' positions first."""
+    from fedllm.eval import generation
+
     p = _prompts(tiny_lm) * 2
     full = [tiny_lm.generate([GenRequest(str(i), q, Decoding(max_new_tokens=24))])[0] for i, q in enumerate(p)]
     stops = (full[1][12:14],)
@@ -549,6 +552,9 @@ def test_drafts_keep_only_the_tokens_greedy_decoding_would_choose(tiny_lm, monke
         plain = tiny_lm.generate(reqs, batch_size=3)
         plain_forwards = len(forwards)
         oracle_drafts(monkeypatch, dict(recorded.seen))
+        widths_packed, real_packed = [], generation._packed
+        monkeypatch.setattr(generation, "_packed", lambda b: widths_packed.append(
+            (b.mask.shape[1], (packed := real_packed(b))[1].shape[1])) or packed)
         drafted = tiny_lm.generate(reqs, batch_size=3)
         widths = forwards[plain_forwards:]
     finally:
@@ -556,7 +562,41 @@ def test_drafts_keep_only_the_tokens_greedy_decoding_would_choose(tiny_lm, monke
     assert plain == [tiny_lm.generate([r])[0] for r in reqs]
     assert plain[1] == full[1][:12] and plain[0] == full[0]  # a stop string and an answer ending on its own
     assert drafted == plain
+    assert any(after < before for before, after in widths_packed)
     assert len(widths) <= plain_forwards / 2 and 1 + tiny_lm.draft_tokens in widths  # the sampled row sets the pace
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_decode_attention_is_transformers_sdpa_bit_for_bit(dtype):
+    """A few-query step with a mask (drafts checked, gaps of rejected ones) runs the query heads sharing a
+    key/value head as rows of one block: the output is SDPA's over copied keys, bit for bit."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from fedllm.eval.decode_attention import grouped_sdpa
+
+    g = torch.Generator().manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    q = torch.randn(2, 6, 4, 8, generator=g).to(dtype)
+    k, v = (torch.randn(2, 2, 20, 8, generator=g).to(dtype) for _ in range(2))
+    mask = (torch.rand(2, 1, 4, 20, generator=g) > 0.3) & torch.ones(4, 20, dtype=torch.bool).tril(16)
+    mask[..., 0] = True
+    ours, ref = grouped_sdpa(module, q, k, v, mask, scaling=0.3)[0], sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)[0]
+    assert ours.shape == ref.shape == (2, 4, 6, 8) and torch.equal(ours, ref)
+
+
+def test_generation_checks_drafts_with_grouped_attention_and_restores_the_model(tiny_lm, monkeypatch):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from fedllm.eval import decode_attention
+
+    queries = []
+    real = decode_attention.grouped_sdpa
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, decode_attention.NAME,
+                        lambda m, q, *a, **kw: queries.append(q.shape[2]) or real(m, q, *a, **kw))
+    reqs = [GenRequest(str(i), p, Decoding(max_new_tokens=8)) for i, p in enumerate(_prompts(tiny_lm))]
+    oracle_drafts(monkeypatch, {tuple(tiny_lm.encode(r.prompt)): [5, 6, 7] for r in reqs})
+    tiny_lm.generate(reqs, batch_size=4)
+    assert 1 + 3 in queries and tiny_lm.model.config._attn_implementation == "sdpa"
 
 
 def test_prompt_lookup_drafts_what_followed_the_latest_earlier_tail():

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from fedllm.eval import decode_attention
 from fedllm.eval.code_blocks import closed_block_defines
 from fedllm.eval.drafts import PromptLookup
 from fedllm.eval.kv_cache import DynamicLayer, GrowingLayer, growing_cache
@@ -133,17 +134,30 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
+def _packed(batch: _Batch) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """The batch's keys and values per layer and its mask, each row's unmasked positions moved to the end
+    in order (left padding): rejected drafts leave gaps that attention would otherwise keep reading."""
+    kv = [(layer.keys, layer.values) for layer in batch.past.layers]
+    width = int(batch.mask.sum(1).max())
+    if width == batch.mask.shape[1]:
+        return kv, batch.mask
+    order = torch.argsort(batch.mask, dim=1, stable=True)[:, -width:]  # masked columns first, then the rest in order
+    take = lambda t: torch.gather(t, 2, order[:, None, :, None].expand(t.shape[0], t.shape[1], width, t.shape[3]))  # noqa: E731
+    return [(take(k), take(v)) for k, v in kv], torch.gather(batch.mask, 1, order)
+
+
 def _merge(a: _Batch, b: _Batch, max_new: int) -> _Batch:
-    """One batch of both: the shorter cache left-padded with masked positions, rows stacked."""
-    width = max(a.mask.shape[1], b.mask.shape[1])
+    """One batch of both: the shorter cache left-padded with masked positions, rows stacked (gaps dropped)."""
+    (kv_a, mask_a), (kv_b, mask_b) = _packed(a), _packed(b)
+    width = max(mask_a.shape[1], mask_b.shape[1])
     layers = []
-    for la, lb in zip(a.past.layers, b.past.layers):
+    for la, (ka, va), (kb, vb) in zip(a.past.layers, kv_a, kv_b):
         layer = GrowingLayer(width + max_new, getattr(la, "store_dtype", None))
-        layer.update(torch.cat([_left_pad(la.keys, width, 2), _left_pad(lb.keys, width, 2)]),
-                     torch.cat([_left_pad(la.values, width, 2), _left_pad(lb.values, width, 2)]))
+        layer.update(torch.cat([_left_pad(ka, width, 2), _left_pad(kb, width, 2)]),
+                     torch.cat([_left_pad(va, width, 2), _left_pad(vb, width, 2)]))
         layers.append(layer)
     a.past.layers = layers
-    return _Batch(a.rows + b.rows, a.step, a.past, torch.cat([_left_pad(a.mask, width, 1), _left_pad(b.mask, width, 1)]),
+    return _Batch(a.rows + b.rows, a.step, a.past, torch.cat([_left_pad(mask_a, width, 1), _left_pad(mask_b, width, 1)]),
                   torch.cat([a.pos, b.pos]), torch.cat([a.nxt, b.nxt]))
 
 
@@ -198,13 +212,20 @@ class TextModel:
 
     @contextmanager
     def _inference(self) -> Iterator[None]:
-        """The model in eval mode (no dropout) for the block, then back in the mode it was in."""
+        """The model in eval mode (no dropout) and, where it uses SDPA, with drafts checked without copying
+        the cache (``decode_attention``) for the block; then back as it was."""
         was_training = self.model.training
+        config = getattr(self.model, "config", None)
+        attention = getattr(config, "_attn_implementation", None)
         self.model.eval()
+        if attention == "sdpa":
+            config._attn_implementation = decode_attention.NAME
         try:
             yield
         finally:
             self.model.train(was_training)
+            if attention == "sdpa":
+                config._attn_implementation = attention
 
     def _row(self, request: GenRequest, index: int = 0) -> _Row:
         """A request's row, with its own seeded generator when it samples."""
