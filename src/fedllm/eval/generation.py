@@ -94,7 +94,7 @@ class _Prefix:
 
 
 MIN_SHARED_PREFIX = 64  # tokens; a chat template's system prompt alone is not worth a separate pass
-DRAFT_TOKENS = 4  # prompt-lookup draft checked per greedy row and step (benchmarks/RESULTS.md (d⁶))
+DRAFT_TOKENS = 4  # prompt-lookup draft checked per greedy row and step (benchmarks/RESULTS.md (d⁶): 2 and 3 gain less)
 
 
 def _common_prefix(rows: Sequence[_Row]) -> int:
