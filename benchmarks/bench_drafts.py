@@ -43,8 +43,8 @@ def main() -> None:
     }
     drafts = [int(k) for k in args.drafts.split(",")]
     result: dict[str, dict] = {}
-    for name, lm in decoding_models(base, args.precisions.split(",")).items():
-        lm.stop_ids = {int(i) for i in end_of_turn_ids(base.tokenizer)} | {int(base.tokenizer.eos_token_id)}
+    stop_ids = {int(i) for i in end_of_turn_ids(base.tokenizer)} | {int(base.tokenizer.eos_token_id)}
+    for name, lm in decoding_models(base, args.precisions.split(","), stop_ids=stop_ids).items():
         forwards: list[int] = []  # positions per row of each forward (prefills included)
         lm.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: forwards.append(a[0].shape[1]))
         for set_name, reqs in sets.items():

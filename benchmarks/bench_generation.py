@@ -27,10 +27,11 @@ QUESTIONS = ["Write a Python function that reverses a string.", "Explain what a 
              "Give three tips for writing clear emails.", "What causes the seasons on Earth?"]
 
 
-def decoding_models(base: Any, names: list[str], draft_tokens: int = 0) -> dict[str, TextModel]:
+def decoding_models(base: Any, names: list[str], draft_tokens: int = 0,
+                    stop_ids: set[int] | None = None) -> dict[str, TextModel]:
     """fedllm's decoding loop per precision name (fp32, bf16 autocast, bf16-stored: autocast over frozen
-    weights stored in bf16, what fedllm eval runs), each generating exactly max_new_tokens (no stop token),
-    one token a step unless ``draft_tokens`` (prompt-lookup drafts, see bench_drafts)."""
+    weights stored in bf16, what fedllm eval runs), each generating exactly max_new_tokens unless given
+    ``stop_ids``, one token a step unless ``draft_tokens`` (prompt-lookup drafts, see bench_drafts)."""
     models = {}
     for n in names:
         model = base.model
@@ -39,7 +40,7 @@ def decoding_models(base: Any, names: list[str], draft_tokens: int = 0) -> dict[
             store_frozen_linears(model, torch.bfloat16)
         models[n] = TextModel(model, base.tokenizer, Precision(n.split("-")[0], base.device), stop_token_ids=(),
                               draft_tokens=draft_tokens)
-        models[n].stop_ids = set()
+        models[n].stop_ids = set(stop_ids or ())
     return models
 
 

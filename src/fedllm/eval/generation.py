@@ -142,7 +142,10 @@ def _packed(batch: _Batch) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tor
     if width == batch.mask.shape[1]:
         return kv, batch.mask
     order = torch.argsort(batch.mask, dim=1, stable=True)[:, -width:]  # masked columns first, then the rest in order
-    take = lambda t: torch.gather(t, 2, order[:, None, :, None].expand(t.shape[0], t.shape[1], width, t.shape[3]))  # noqa: E731
+
+    def take(t: torch.Tensor) -> torch.Tensor:  # [rows, heads, positions, dim]: each row's positions in ``order``
+        return torch.gather(t, 2, order[:, None, :, None].expand(t.shape[0], t.shape[1], width, t.shape[3]))
+
     return [(take(k), take(v)) for k, v in kv], torch.gather(batch.mask, 1, order)
 
 
@@ -332,23 +335,14 @@ class TextModel:
         device = self.precision.device
         drafts = self._drafts(batch)
         width = 1 + max(map(len, drafts), default=0)
-        ids, fresh = batch.nxt[:, None], torch.ones((len(batch.rows), width), dtype=torch.long)
-        if width > 1:
-            ids = torch.full((len(batch.rows), width), self.pad_id, dtype=torch.long)
-            ids[:, 0] = batch.nxt.cpu()
-            for j, d in enumerate(drafts):
-                ids[j, 1:1 + len(d)] = torch.tensor(d, dtype=torch.long)
-                fresh[j, 1 + len(d):] = 0
-            ids = ids.to(device)
+        ids = torch.tensor([[tok, *d] + [self.pad_id] * (width - 1 - len(d)) for tok, d in zip(batch.nxt.tolist(), drafts)])
+        fresh = torch.tensor([[1] * (1 + len(d)) + [0] * (width - 1 - len(d)) for d in drafts])  # positions rows fill
         batch.mask = torch.cat([batch.mask, fresh.to(device)], dim=1)
         with self.precision.autocast():
-            out = batch.step(input_ids=ids, attention_mask=batch.mask, position_ids=batch.pos + torch.arange(width, device=device),
+            out = batch.step(input_ids=ids.to(device), attention_mask=batch.mask,
+                             position_ids=batch.pos + torch.arange(width, device=device),
                              past_key_values=batch.past, use_cache=True, logits_to_keep=width)
         batch.past = out.past_key_values
-        if width == 1:
-            batch.pos = batch.pos + 1
-            batch.nxt = self._sample_rows(batch.rows, out.logits[:, -1, :], stop)
-            return
         logits = out.logits.float().cpu()
         nxt, advance = [], []
         for j, (r, d) in enumerate(zip(batch.rows, drafts)):

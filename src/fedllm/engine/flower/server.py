@@ -78,7 +78,7 @@ class FlowerFleet:
         msgs = [Message(R.pack({"run": self.run_config}), dst_node_id=n, message_type=R.CENSUS, group_id="census")
                 for n in nodes]
         out: dict[int, dict[str, Any]] = {}
-        for m in send_and_receive(self.grid, msgs, timeout):
+        for _, m in replies(self.grid, msgs, timeout, unanswered=False):
             node = m.metadata.src_node_id
             self.asked.add(node)
             why = _failure(m)
@@ -133,34 +133,21 @@ class FlowerTransport:
     def run(self, instructions: Iterable[Instruction]) -> Iterator[Exchange]:
         fleet = self.fleet
         fleet.refresh()
-        pending: dict[str, tuple[str, int]] = {}  # message id -> (client, bytes down)
         out: list[Message] = []
-        sizes: dict[str, int] = {}
+        sent: list[tuple[str, int]] = []  # per message: (client, bytes down)
         for ins in instructions:
             node = fleet.node_of.get(ins.client_id)
             if node is None:
                 yield Exchange(ins.client_id, None, 0, 0, "no connected node holds this client")
                 continue
             blob = ins.to_bytes(self.wire)
-            sizes[ins.client_id] = len(blob)
+            sent.append((ins.client_id, len(blob)))
             out.append(Message(R.pack({"run": fleet.run_config, "client": ins.client_id, "round": ins.round}, blob),
                                dst_node_id=node, message_type=R.TRAIN, group_id=f"round-{ins.round + 1}"))
-        for mid, msg in zip(fleet.grid.push_messages(out), out):
-            header, _ = R.unpack(msg.content)
-            pending[mid] = (header["client"], sizes[header["client"]])
-        deadline = time.monotonic() + fleet.cfg.deploy.round_timeout
-        while pending and time.monotonic() < deadline:
-            got = list(fleet.grid.pull_messages(list(pending)))
-            for m in got:
-                mid = m.metadata.reply_to_message_id
-                if mid not in pending:
-                    continue
-                cid, down = pending.pop(mid)
-                yield self._exchange(cid, down, m)
-            if pending and not got:
-                time.sleep(POLL)
-        for cid, down in pending.values():
-            yield Exchange(cid, None, down, 0, f"no reply within deploy.round_timeout={fleet.cfg.deploy.round_timeout:g}s")
+        for i, m in replies(fleet.grid, out, fleet.cfg.deploy.round_timeout):
+            cid, down = sent[i]
+            yield (self._exchange(cid, down, m) if m is not None else
+                   Exchange(cid, None, down, 0, f"no reply within deploy.round_timeout={fleet.cfg.deploy.round_timeout:g}s"))
 
     @staticmethod
     def _exchange(cid: str, down: int, m: Message) -> Exchange:
@@ -220,7 +207,7 @@ class FederatedEvaluator:
                 for node, cids in by_node.items()]
         sums: dict[str, ClientSums] = {}
         kinds: dict[str, str] = {}
-        for m in send_and_receive(fleet.grid, msgs, fleet.cfg.deploy.round_timeout):
+        for _, m in replies(fleet.grid, msgs, fleet.cfg.deploy.round_timeout, unanswered=False):
             why = _failure(m)
             if why is not None:
                 fleet.reporter.warn(f"evaluation on node {m.metadata.src_node_id} failed: {why}")
@@ -231,22 +218,21 @@ class FederatedEvaluator:
         return {c: sums[c] for c in fleet.order if c in sums}, kinds
 
 
-def send_and_receive(grid: Any, msgs: list[Message], timeout: float) -> list[Message]:
-    """Flower's ``Grid.send_and_receive`` with fedllm's poll: the replies that arrive within ``timeout``
-    seconds. (A deployment's grid sleeps 3 s between pulls, which a census or an evaluation would wait
-    out after its last reply.)"""
-    pending = set(grid.push_messages(msgs))
+def replies(grid: Any, msgs: list[Message], timeout: float, unanswered: bool = True) -> Iterator[tuple[int, Any]]:
+    """Push ``msgs`` and yield (index in ``msgs``, reply) as replies arrive within ``timeout`` seconds, pulling
+    every ``POLL`` (Flower's ``send_and_receive`` sleeps 3 s between pulls in a deployment); then
+    (index, None) for each message left unanswered, unless ``unanswered`` is False."""
+    pending = {mid: i for i, mid in enumerate(grid.push_messages(msgs))}
     deadline = time.monotonic() + timeout
-    out: list[Message] = []
-    while pending:
+    while pending and time.monotonic() < deadline:
         got = list(grid.pull_messages(list(pending)))
-        out += got
-        pending -= {m.metadata.reply_to_message_id for m in got}
-        if not pending or time.monotonic() >= deadline:
-            break
-        if not got:
+        for m in got:
+            if (i := pending.pop(m.metadata.reply_to_message_id, None)) is not None:
+                yield i, m
+        if pending and not got:
             time.sleep(POLL)
-    return out
+    if unanswered:
+        yield from ((i, None) for i in sorted(pending.values()))
 
 
 def _failure(m: Message) -> str | None:
