@@ -30,14 +30,15 @@ QUESTIONS = ["Write a Python function that reverses a string.", "Explain what a 
 def decoding_models(base: Any, names: list[str], draft_tokens: int = 0,
                     stop_ids: set[int] | None = None) -> dict[str, TextModel]:
     """fedllm's decoding loop per precision name (fp32, bf16 autocast, bf16-stored: autocast over frozen
-    weights stored in bf16, what fedllm eval runs), each generating exactly max_new_tokens unless given
-    ``stop_ids``, one token a step unless ``draft_tokens`` (prompt-lookup drafts, see bench_drafts)."""
+    weights stored in bf16 and held in oneDNN's layout where it runs bf16, what fedllm eval runs;
+    bf16-unpacked: stored in bf16 only), each generating exactly max_new_tokens unless given ``stop_ids``,
+    one token a step unless ``draft_tokens`` (prompt-lookup drafts, see bench_drafts)."""
     models = {}
     for n in names:
         model = base.model
-        if n == "bf16-stored":
-            model = copy.deepcopy(base.model)
-            store_frozen_linears(model, torch.bfloat16)
+        if n in ("bf16-stored", "bf16-unpacked"):
+            model = copy.deepcopy(base.model).requires_grad_(False)  # frozen, as fedllm eval loads it
+            store_frozen_linears(model, torch.bfloat16, pack=n == "bf16-stored")
         models[n] = TextModel(model, base.tokenizer, Precision(n.split("-")[0], base.device), stop_token_ids=(),
                               draft_tokens=draft_tokens)
         models[n].stop_ids = set(stop_ids or ())
@@ -56,7 +57,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64, help="tokens generated per answer (no early stop)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16 (autocast), bf16-stored "
-                                                         "(autocast, frozen weights stored in bf16); interleaved")
+                                                         "(autocast, frozen weights stored in bf16, held in oneDNN's "
+                                                         "layout), bf16-unpacked (stored only); interleaved")
     args = ap.parse_args()
     base = load_base_model(ModelConfig(precision="fp32", device="cpu"))
     names = args.precisions.split(",")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fedllm.config import ModelConfig, build_config
 from fedllm.data.formatting import encode_sft, get_template
@@ -14,6 +15,7 @@ from fedllm.models.adapters import AdapterSlot, attach_adapter, load_adapter_sta
 from fedllm.models.loading import ModelError, load_base_model
 from fedllm.models.calibration import cpu_flags
 from fedllm.models.precision import Precision, resolve_precision
+from fedllm.models.stored_weights import PackedLinear, packing_available
 from fedllm.models.tiny import build_tiny_model, save_tiny
 from fedllm.train.objectives import get_objective, token_loss_sum
 
@@ -213,6 +215,29 @@ def test_weights_stored_in_bf16_give_autocast_its_own_numbers():
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
     assert model.get_base_model().get_input_embeddings().weight.dtype == torch.float32 and emb.dtype == torch.float32
     assert model.get_base_model().get_output_embeddings().weight.dtype == torch.bfloat16
+    if packing_available(torch.bfloat16, CPU):  # held in oneDNN's layout too, with the same logits (above)
+        assert type(model.get_base_model().model.layers[0].mlp.up_proj) is PackedLinear
+
+
+def test_a_packed_linear_layer_computes_autocasts_bits():
+    """A frozen bf16 layer whose weight is held in oneDNN's blocked layout gives what bf16 autocast's
+    F.linear gives over the fp32 weight, bit for bit, whatever the input's shape, strides and row count;
+    with gradients wanted it takes F.linear itself."""
+    if not packing_available(torch.bfloat16, CPU):
+        pytest.skip("oneDNN does not run bf16 matmuls on this CPU")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(40, 24)
+    packed = PackedLinear(linear, torch.bfloat16)
+    assert packed.weight.dtype == torch.bfloat16 and not packed.weight.requires_grad
+    inputs = [torch.randn(1, 40), torch.randn(3, 7, 40), torch.randn(5, 9, 40)[:, -2:], torch.randn(64, 40)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for x in inputs:
+            assert torch.equal(packed(x), linear(x)), x.shape
+    x = torch.randn(4, 40, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = packed(x)
+    y.float().sum().backward()
+    assert torch.equal(y, F.linear(x.bfloat16(), packed.weight, packed.bias)) and x.grad is not None
 
 
 def test_inference_weights_are_bf16_only_inside_and_the_fp32_parameters_come_back():

