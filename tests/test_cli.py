@@ -49,6 +49,18 @@ def test_missing_dataset_file_is_a_clear_error(tmp_path):
     assert "nope.json" in res.output
 
 
+def test_a_judge_server_that_is_not_installed_is_a_clear_error(tmp_path, monkeypatch):
+    from fedllm.eval import judge_server
+
+    monkeypatch.setattr(judge_server, "missing_server_modules", lambda: ["llama_cpp", "uvicorn"])
+    gguf = tmp_path / "judge.gguf"
+    gguf.write_bytes(b"GGUF")
+    res = runner.invoke(app, ["eval", "base", "--model", "tiny", "--metrics", "mt_bench", "--judge-local", str(gguf),
+                              "--out", str(tmp_path / "eval")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "missing: llama_cpp, uvicorn" in res.output and "pip install 'fedllm[judge-server]'" in res.output
+
+
 def test_resume_of_non_run_directory(tmp_path):
     res = runner.invoke(app, ["train", "--resume", str(tmp_path)])
     assert res.exit_code == 2 and "not a run directory" in res.output

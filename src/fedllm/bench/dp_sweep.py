@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedllm.bench.quickstart import quickstart_configs
@@ -92,7 +93,7 @@ def run_dp_sweep(output_dir: Path, overrides: list[str], console: Console,
                            evaluator=HeldoutEvaluator.from_config(cell.cfg.eval)).run()
             except RunError as e:  # e.g. an ε no accountant certifies: say so in the table, go on
                 cell.error = str(e)
-                console.print(f"  [yellow]not run:[/] {e}", highlight=False)
+                console.print(f"  [yellow]not run:[/] {escape(str(e))}", highlight=False)
                 continue
         cell.result = load_run(cell.cfg.run_dir)
     return write_sweep(cells, output_dir, console)

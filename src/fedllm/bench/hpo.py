@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from fedllm.bench.hpo_runs import Stop, Trainer, final_loss, validation_split
 from fedllm.bench.hpo_samplers import PRUNERS, SAMPLERS
@@ -246,7 +247,7 @@ class HpoStudy:
                 summary, trained = trainer.run(cfg, data)
             except (ConfigError, RunError, DataError) as e:
                 out[t.number] = {"error": str(e)}
-                self.console.print(f"  [yellow]failed:[/] {e}", highlight=False)
+                self.console.print(f"  [yellow]failed:[/] {escape(str(e))}", highlight=False)
                 continue
             if not trained:
                 self.console.print(f"  finished earlier ({cfg.run_dir})")

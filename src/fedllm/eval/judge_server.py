@@ -23,6 +23,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from fedllm.eval.context import EvalError
 from fedllm.eval.judge import JudgeConfig
 from fedllm.models import embedded
 
@@ -31,8 +32,9 @@ INSTALL_HINT = "pip install 'fedllm[judge-server]'"
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 
 
-class JudgeServerError(RuntimeError):
-    """The local judge server is not installed, did not start, or died."""
+class JudgeServerError(EvalError):
+    """The local judge server is not installed, did not start, or died (an evaluation that cannot run: the
+    command line says so in one paragraph)."""
 
 
 def missing_server_modules() -> list[str]:
