@@ -15,7 +15,7 @@ from fedllm.models.adapters import AdapterSlot, attach_adapter, load_adapter_sta
 from fedllm.models.loading import ModelError, load_base_model
 from fedllm.models.calibration import cpu_flags
 from fedllm.models.precision import Precision, resolve_precision
-from fedllm.models.stored_weights import PackedLinear, packing_available
+from fedllm.models.stored_weights import StoredLinear, packing_available
 from fedllm.models.tiny import build_tiny_model, save_tiny
 from fedllm.train.objectives import get_objective, token_loss_sum
 
@@ -216,7 +216,7 @@ def test_weights_stored_in_bf16_give_autocast_its_own_numbers():
     assert model.get_base_model().get_input_embeddings().weight.dtype == torch.float32 and emb.dtype == torch.float32
     assert model.get_base_model().get_output_embeddings().weight.dtype == torch.bfloat16
     if packing_available(torch.bfloat16, CPU):  # held in oneDNN's layout too, with the same logits (above)
-        assert type(model.get_base_model().model.layers[0].mlp.up_proj) is PackedLinear
+        assert model.get_base_model().model.layers[0].mlp.up_proj.packed is not None
 
 
 def test_a_packed_linear_layer_computes_autocasts_bits():
@@ -227,7 +227,7 @@ def test_a_packed_linear_layer_computes_autocasts_bits():
         pytest.skip("oneDNN does not run bf16 matmuls on this CPU")
     torch.manual_seed(0)
     linear = torch.nn.Linear(40, 24)
-    packed = PackedLinear(linear, torch.bfloat16)
+    packed = StoredLinear(linear, torch.bfloat16, pack=True)
     assert packed.weight.dtype == torch.bfloat16 and not packed.weight.requires_grad
     inputs = [torch.randn(1, 40), torch.randn(3, 7, 40), torch.randn(5, 9, 40)[:, -2:], torch.randn(64, 40)]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
