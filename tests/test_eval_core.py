@@ -497,11 +497,34 @@ def test_growing_kv_layer_holds_what_concatenation_would():
         got_k, got_v = layer.update(k, v)
         assert torch.equal(got_k, torch.cat(ks, dim=-2)) and torch.equal(got_v, torch.cat(vs, dim=-2))
     assert layer.get_seq_length() == 13 and layer._k.shape[-2] >= 13
-    layer.batch_select_indices(torch.tensor([0, 2]))
-    assert torch.equal(layer.keys, torch.cat(ks, dim=-2)[[0, 2]])
+    layer.batch_select_indices(torch.tensor([0, 2]))  # in place: row 2 moves up over row 1
+    assert torch.equal(layer.keys, torch.cat(ks, dim=-2)[[0, 2]]) and torch.equal(layer.values, torch.cat(vs, dim=-2)[[0, 2]])
     k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
-    got_k, _ = layer.update(k, v)
+    got_k, got_v = layer.update(k, v)
     assert torch.equal(got_k, torch.cat([torch.cat(ks, dim=-2)[[0, 2]], k], dim=-2))
+    assert torch.equal(got_v, torch.cat([torch.cat(vs, dim=-2)[[0, 2]], v], dim=-2))
+    before_k = layer.keys.clone()
+    layer.batch_select_indices(torch.tensor([1, 0]))  # a reordering is indexed
+    assert torch.equal(layer.keys, before_k[[1, 0]])
+
+
+def test_a_stacked_kv_layer_is_the_left_padded_concatenation():
+    """Rows joining a batch: both caches land in one layer, each right-aligned behind zeros, as
+    left-padding and concatenating them would give, with room to grow."""
+    from fedllm.eval.kv_cache import GrowingLayer
+
+    torch.manual_seed(0)
+    a = (torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4))
+    b = (torch.randn(2, 2, 9, 4), torch.randn(2, 2, 9, 4))
+    keep_b = torch.tensor([[0, 1, 2, 4, 5, 6, 8], [2, 3, 4, 5, 6, 7, 8]])  # gaps: rejected drafts' positions
+    layer = GrowingLayer.stacked([(*a, None), (*b, keep_b)], width=7, capacity=12)
+    for got, ta, tb in ((layer.keys, a[0], b[0]), (layer.values, a[1], b[1])):
+        packed_b = torch.stack([tb[i][:, keep_b[i]] for i in range(2)])
+        assert torch.equal(got, torch.cat([torch.cat([ta.new_zeros(3, 2, 2, 4), ta], dim=2), packed_b]))
+    assert layer.get_seq_length() == 7 and layer._k.shape[-2] == 12
+    k, v = torch.randn(5, 2, 1, 4), torch.randn(5, 2, 1, 4)
+    got_k, _ = layer.update(k, v)
+    assert got_k.shape == (5, 2, 8, 4) and torch.equal(got_k[:, :, -1:], k) and layer._k.shape[-2] == 12
 
 
 def test_generation_is_the_same_with_transformers_own_cache(tiny_lm, monkeypatch):
@@ -552,9 +575,9 @@ def test_drafts_keep_only_the_tokens_greedy_decoding_would_choose(tiny_lm, monke
         plain = tiny_lm.generate(reqs, batch_size=3)
         plain_forwards = len(forwards)
         oracle_drafts(monkeypatch, dict(recorded.seen))
-        widths_packed, real_packed = [], generation._packed
-        monkeypatch.setattr(generation, "_packed", lambda b: widths_packed.append(
-            (b.mask.shape[1], (packed := real_packed(b))[1].shape[1])) or packed)
+        widths_packed, real_packing = [], generation._packing
+        monkeypatch.setattr(generation, "_packing", lambda b: widths_packed.append(
+            (b.mask.shape[1], (packing := real_packing(b))[1].shape[1])) or packing)
         drafted = tiny_lm.generate(reqs, batch_size=3)
         widths = forwards[plain_forwards:]
     finally:

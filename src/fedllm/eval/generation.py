@@ -134,32 +134,25 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
-def _packed(batch: _Batch) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """The batch's keys and values per layer and its mask, each row's unmasked positions moved to the end
-    in order (left padding): rejected drafts leave gaps that attention would otherwise keep reading."""
-    kv = [(layer.keys, layer.values) for layer in batch.past.layers]
+def _packing(batch: _Batch) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The cache positions each row keeps, in order ([rows, kept]; None: all of them), and the mask that
+    results: moving each row's unmasked positions to the end (left padding) drops the gaps rejected drafts
+    leave, which attention would otherwise keep reading."""
     width = int(batch.mask.sum(1).max())
     if width == batch.mask.shape[1]:
-        return kv, batch.mask
+        return None, batch.mask
     order = torch.argsort(batch.mask, dim=1, stable=True)[:, -width:]  # masked columns first, then the rest in order
-
-    def take(t: torch.Tensor) -> torch.Tensor:  # [rows, heads, positions, dim]: each row's positions in ``order``
-        return torch.gather(t, 2, order[:, None, :, None].expand(t.shape[0], t.shape[1], width, t.shape[3]))
-
-    return [(take(k), take(v)) for k, v in kv], torch.gather(batch.mask, 1, order)
+    return order, torch.gather(batch.mask, 1, order)
 
 
 def _merge(a: _Batch, b: _Batch, max_new: int) -> _Batch:
-    """One batch of both: the shorter cache left-padded with masked positions, rows stacked (gaps dropped)."""
-    (kv_a, mask_a), (kv_b, mask_b) = _packed(a), _packed(b)
+    """One batch of both: the shorter cache left-padded with masked positions, rows stacked (gaps dropped);
+    layer by layer, each cache copied once into the new one."""
+    (keep_a, mask_a), (keep_b, mask_b) = _packing(a), _packing(b)
     width = max(mask_a.shape[1], mask_b.shape[1])
-    layers = []
-    for la, (ka, va), (kb, vb) in zip(a.past.layers, kv_a, kv_b):
-        layer = GrowingLayer(width + max_new, getattr(la, "store_dtype", None))
-        layer.update(torch.cat([_left_pad(ka, width, 2), _left_pad(kb, width, 2)]),
-                     torch.cat([_left_pad(va, width, 2), _left_pad(vb, width, 2)]))
-        layers.append(layer)
-    a.past.layers = layers
+    a.past.layers = [GrowingLayer.stacked([(la.keys, la.values, keep_a), (lb.keys, lb.values, keep_b)], width,
+                                          width + max_new, getattr(la, "store_dtype", None))
+                     for la, lb in zip(a.past.layers, b.past.layers)]
     return _Batch(a.rows + b.rows, a.step, a.past, torch.cat([_left_pad(mask_a, width, 1), _left_pad(mask_b, width, 1)]),
                   torch.cat([a.pos, b.pos]), torch.cat([a.nxt, b.nxt]))
 

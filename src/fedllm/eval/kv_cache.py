@@ -80,9 +80,50 @@ class GrowingLayer(DynamicLayer):
         return self._n if self.is_initialized else 0
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep only these rows (answers that finished leave the batch); capacity is kept."""
-        if self._n:
+        """Keep only these rows (answers that finished leave the batch); capacity is kept. Rows kept in
+        order move up in place over those that left, filled positions only (indexing would copy every row's
+        whole capacity into new buffers at each answer's end); any other selection is indexed."""
+        if not self._n:
+            return
+        keep = indices.tolist()
+        if any(b <= a for a, b in zip(keep, keep[1:])) or (keep and keep[0] < 0):
             self._k, self._v = self._k[indices], self._v[indices]  # type: ignore[index]
+            return
+        n = self._n
+        for i, j in enumerate(keep):  # j >= i: row j is read before anything overwrites it
+            if i != j:
+                self._k[i, :, :n].copy_(self._k[j, :, :n])  # type: ignore[index]
+                self._v[i, :, :n].copy_(self._v[j, :, :n])  # type: ignore[index]
+        self._k, self._v = self._k[:len(keep)], self._v[:len(keep)]  # type: ignore[index]
+
+    @classmethod
+    def stacked(cls, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], width: int, capacity: int,
+                dtype: torch.dtype | None = None) -> GrowingLayer:
+        """One layer holding ``parts`` one batch under the other: keys and values ([rows, heads, positions, dim])
+        and, where gaps are to be dropped, the positions each row keeps in order ([rows, kept]; None: all).
+        Each part is right-aligned at ``width`` positions behind zeros (left padding, masked), with room for
+        ``capacity`` positions, and copied once, straight into place."""
+        k0, v0, _ = parts[0]
+        rows, cap = sum(k.shape[0] for k, _, _ in parts), max(capacity, width)
+        layer = cls(capacity, dtype)
+        layer.lazy_initialization(k0, v0)
+        layer._k = k0.new_empty((rows, k0.shape[1], cap, k0.shape[3]), dtype=dtype or k0.dtype)
+        layer._v = v0.new_empty((rows, v0.shape[1], cap, v0.shape[3]), dtype=dtype or v0.dtype)
+        r = 0
+        for k, v, keep in parts:
+            m = k.shape[0]
+            pad = width - (k.shape[2] if keep is None else keep.shape[1])
+            for buf, t in ((layer._k, k), (layer._v, v)):
+                buf[r:r + m, :, :pad].zero_()  # attention gives these zero weight; zeros keep 0·value finite
+                dst = buf[r:r + m, :, pad:width]
+                if keep is None:
+                    dst.copy_(t)
+                else:  # a row at a time: index_select moves whole head-dim vectors, 3x faster than a gather
+                    for i in range(m):
+                        torch.index_select(t[i], 1, keep[i], out=dst[i])
+            r += m
+        layer._n = width
+        return layer
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove < 0 and self.is_initialized:
