@@ -140,6 +140,27 @@ def test_selective_head_loss_equals_full_logits_loss():
     assert torch.allclose(s / n, ref, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_in_chunks_without_gradient_gives_the_same_bits(dtype, monkeypatch):
+    """Evaluation computes token losses in chunks of rows (no fp32 copy of all the logits): the same bits
+    as one call; with a gradient wanted it stays one call."""
+    from fedllm.train import objective
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(700, 4000, generator=gen) * 4).to(dtype)
+    targets = torch.randint(0, 4000, (700,), generator=gen)
+    whole = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    calls: list[int] = []
+    real = objective.F.cross_entropy
+    monkeypatch.setattr(objective.F, "cross_entropy", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
+    with torch.no_grad():
+        assert torch.equal(objective._token_cross_entropy(logits, targets), whole)
+    assert calls == [256, 256, 188]
+    calls.clear()
+    with_grad = objective._token_cross_entropy(logits.float().requires_grad_(), targets)
+    assert torch.equal(with_grad.detach(), whole) and calls == [700]
+
+
 # --------------------------------------------------------------------------- the embedded model
 
 
