@@ -525,6 +525,9 @@ def test_a_stacked_kv_layer_is_the_left_padded_concatenation():
     k, v = torch.randn(5, 2, 1, 4), torch.randn(5, 2, 1, 4)
     got_k, _ = layer.update(k, v)
     assert got_k.shape == (5, 2, 8, 4) and torch.equal(got_k[:, :, -1:], k) and layer._k.shape[-2] == 12
+    stored = GrowingLayer.stacked([(*a, None), (*b, keep_b)], width=7, capacity=12, dtype=torch.bfloat16)
+    assert stored.keys.dtype == torch.bfloat16  # fp32 caches joining a bf16-stored batch are stored in bf16
+    assert torch.equal(stored.keys, GrowingLayer.stacked([(*a, None), (*b, keep_b)], width=7, capacity=12).keys.bfloat16())
 
 
 def test_generation_is_the_same_with_transformers_own_cache(tiny_lm, monkeypatch):
