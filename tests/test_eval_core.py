@@ -145,6 +145,37 @@ def test_continuation_logprobs_match_a_manual_forward(tiny_lm):
     assert all(x < 0 for x in tiny_lm.continuation_logprobs(ctx, singles))
 
 
+
+def test_contexts_sharing_a_few_shot_block_run_it_once_with_the_same_scores(tiny_lm):
+    """Consecutive MMLU questions of one subject share their few-shot block: it runs once and the rest of
+    each context runs on its keys and values, with the log-probabilities of a whole forward; a context that
+    starts elsewhere runs whole, and the next shared block is run once again."""
+    from fedllm.eval.generation import MIN_SHARED_PREFIX
+
+    def block(subject: str) -> str:
+        return "".join(f"Question {i} about {subject}: which letter fits?\nAnswer: {'abcd'[i % 4]}\n\n" for i in range(12))
+
+    contexts = [block("art") + f"Question: item {q}?\nAnswer:" for q in range(3)]
+    contexts += [block("law") + f"Question: case {q}?\nAnswer:" for q in range(2)]
+    assert len(tiny_lm.encode(block("art"))) > MIN_SHARED_PREFIX
+    vocab = tiny_lm.tokenizer.get_vocab()
+    letters = [t for t in ("a", "b", "c") if t in vocab]
+    alone = [tiny_lm.continuation_logprobs(c, letters) for c in contexts]  # one call each: no prefix kept
+    tokens: list[int] = []
+    hook = tiny_lm.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: tokens.append(a[0].shape[1]))
+    try:
+        together = list(tiny_lm.continuation_logprobs_each([(c, letters) for c in contexts]))
+    finally:
+        hook.remove()
+    for got, want in zip(together, alone):
+        assert got == pytest.approx(want, abs=1e-5) and max(range(len(got)), key=got.__getitem__) == max(
+            range(len(want)), key=want.__getitem__)
+    lengths = [len(tiny_lm.encode(c)) for c in contexts]
+    # art: whole, its shared block and a rest, a rest; law: whole (a new block), its shared block and a rest
+    assert len(tokens) == 7 and tokens[0] == lengths[0] and tokens[4] == lengths[3]
+    assert tokens[1] > MIN_SHARED_PREFIX and tokens[1] + tokens[2] == lengths[1] and tokens[1] + tokens[3] == lengths[2]
+    assert tokens[5] > MIN_SHARED_PREFIX and tokens[5] + tokens[6] == lengths[4]
+
 # ---------------------------------------------------------------------- runs and targets
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:

@@ -138,8 +138,9 @@ class EvalContext:
         todo = [(k, ctx, conts) for k, (_, ctx, conts) in zip(keys, items) if k not in cache]
         if todo:
             with self.progress(f"{self.target.label} {desc}", len(todo)) as advance:
-                for k, ctx, conts in todo:
-                    cache.put(k, self.model.continuation_logprobs(ctx, conts))
+                scores = self.model.continuation_logprobs_each([(ctx, conts) for _, ctx, conts in todo])
+                for (k, _, _), lp in zip(todo, scores):
+                    cache.put(k, lp)
                     advance()
         # strict JSON stores a log-likelihood of -inf (an impossible continuation) as null
         return [[float("-inf") if x is None else x for x in cache.data[k]] for k in keys]

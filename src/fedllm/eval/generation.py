@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -273,17 +273,21 @@ class TextModel:
         n = _common_prefix(rows) if len(rows) > 1 else 0
         if n < MIN_SHARED_PREFIX or virtual_tokens(self.model):
             return None
-        past = growing_cache(self.model.config, n, self._cache_dtype())
+        return self._prefix_kv(rows[0].ids[:n])
+
+    def _prefix_kv(self, ids: list[int]) -> _Prefix | None:
+        """``ids`` run once, with their keys and values per layer; None where the cache cannot take them."""
+        past = growing_cache(self.model.config, len(ids), self._cache_dtype())
         if past is None:
             return None
-        ids = torch.tensor([rows[0].ids[:n]], device=self.precision.device)
-        positions = torch.arange(n, device=ids.device)[None]
+        x = torch.tensor([ids], device=self.precision.device)
+        positions = torch.arange(len(ids), device=x.device)[None]
         with self.precision.autocast():
-            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions,
+            out = self.model(input_ids=x, attention_mask=torch.ones_like(x), position_ids=positions,
                              past_key_values=past, use_cache=True, logits_to_keep=1)
         if not _mergeable(out.past_key_values):
             return None
-        return _Prefix(rows[0].ids[:n], [(layer.keys, layer.values) for layer in out.past_key_values.layers])
+        return _Prefix(list(ids), [(layer.keys, layer.values) for layer in out.past_key_values.layers])
 
     def _prefill(self, rows: list[_Row], max_new: int, stop: tuple[str, ...], prefix: _Prefix | None = None) -> _Batch:
         """Run the prompts of rows entering the batch (left-padded) and sample their first tokens. With a
@@ -417,22 +421,68 @@ class TextModel:
     def continuation_logprobs(self, context: str, continuations: Sequence[str]) -> list[float]:
         """Sum of log-probabilities of each continuation's tokens after ``context`` (one forward when
         every continuation is a single token, as MMLU's " A".." D" are)."""
+        return next(self.continuation_logprobs_each([(context, continuations)]))
+
+    @torch.no_grad()
+    def continuation_logprobs_each(self, items: Iterable[tuple[str, Sequence[str]]]) -> Iterator[list[float]]:
+        """``continuation_logprobs`` of each (context, continuations) in turn, as each is computed. Where single
+        tokens follow and a context shares a long token prefix with the one before (the few-shot block of
+        consecutive MMLU questions of one subject), the prefix runs once and serves every context that starts
+        with it; only the rest of each runs."""
+        prefix: _Prefix | None = None
+        previous: list[int] = []
+        with self._inference():
+            for context, continuations in items:
+                ctx, conts = self._encode_continuations(context, continuations)
+                if all(len(c) == 1 for c in conts):
+                    prefix = self._scoring_prefix(prefix, previous, ctx)
+                    previous = ctx
+                    logp = self._last_logprobs(ctx, prefix)
+                    yield [float(logp[c[0]]) for c in conts]
+                    continue
+                scores = []
+                for c in conts:
+                    logp = self._logprobs(ctx + c[:-1])
+                    scores.append(float(sum(logp[len(ctx) - 1 + k, t] for k, t in enumerate(c))))
+                yield scores
+
+    def _encode_continuations(self, context: str, continuations: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """The context's tokens and each continuation's, tokenised jointly as the text would be read (separately
+        where BPE merges across the boundary)."""
         ctx = self.encode(context)
         conts = []
-        for c in continuations:  # tokenise jointly, as the text would be read; separately if BPE merges across
+        for c in continuations:
             joint = self.encode(context + c)
             conts.append(joint[len(ctx):] if joint[: len(ctx)] == ctx else self.encode(c))
         if any(not c for c in conts):
             raise ValueError(f"a continuation of {continuations} encodes to no tokens")
-        with self._inference():
-            if all(len(c) == 1 for c in conts):
-                logp = self._logprobs(ctx, last_only=True)[-1]
-                return [float(logp[c[0]]) for c in conts]
-            scores = []
-            for c in conts:
-                logp = self._logprobs(ctx + c[:-1])
-                scores.append(float(sum(logp[len(ctx) - 1 + k, t] for k, t in enumerate(c))))
-            return scores
+        return ctx, conts
+
+    def _scoring_prefix(self, prefix: _Prefix | None, previous: list[int], ids: list[int]) -> _Prefix | None:
+        """The prefix to score ``ids`` from: the one kept while ``ids`` starts with it, else the long common
+        prefix with the context before, run now (None when too short, or where the cache cannot take it)."""
+        if prefix is not None and len(ids) > len(prefix.ids) and ids[:len(prefix.ids)] == prefix.ids:
+            return prefix
+        n = min(len(os.path.commonprefix([previous, ids])), len(ids) - 1)
+        if n < MIN_SHARED_PREFIX or virtual_tokens(self.model):
+            return None
+        return self._prefix_kv(ids[:n])
+
+    def _last_logprobs(self, ids: list[int], prefix: _Prefix | None) -> torch.Tensor:
+        """Log-probabilities of the token after ``ids``; with a prefix, only the tokens after it run, on its
+        keys and values."""
+        if prefix is None:
+            return self._logprobs(ids, last_only=True)[-1]
+        n, device = len(prefix.ids), self.precision.device
+        past = growing_cache(self.model.config, len(ids), self._cache_dtype())
+        for layer, (k, v) in zip(past.layers, prefix.layers):
+            layer.update(k, v)
+        rest = torch.tensor([ids[n:]], device=device)
+        with self.precision.autocast():
+            out = self.model(input_ids=rest, attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
+                             position_ids=torch.arange(n, len(ids), device=device)[None], past_key_values=past,
+                             use_cache=True, logits_to_keep=1)
+        return torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
 
     def _logprobs(self, ids: list[int], last_only: bool = False) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.precision.device)
