@@ -426,17 +426,18 @@ class TextModel:
     @torch.no_grad()
     def continuation_logprobs_each(self, items: Iterable[tuple[str, Sequence[str]]]) -> Iterator[list[float]]:
         """``continuation_logprobs`` of each (context, continuations) in turn, as each is computed. Where single
-        tokens follow and a context shares a long token prefix with the one before (the few-shot block of
+        tokens follow and a context shares a long token prefix with the next one (the few-shot block of
         consecutive MMLU questions of one subject), the prefix runs once and serves every context that starts
         with it; only the rest of each runs."""
         prefix: _Prefix | None = None
-        previous: list[int] = []
+        encoded = (self._encode_continuations(context, continuations) for context, continuations in items)
         with self._inference():
-            for context, continuations in items:
-                ctx, conts = self._encode_continuations(context, continuations)
+            current = next(encoded, None)
+            while current is not None:
+                ctx, conts = current
+                current = next(encoded, None)
                 if all(len(c) == 1 for c in conts):
-                    prefix = self._scoring_prefix(prefix, previous, ctx)
-                    previous = ctx
+                    prefix = self._scoring_prefix(prefix, ctx, current[0] if current is not None else [])
                     logp = self._last_logprobs(ctx, prefix)
                     yield [float(logp[c[0]]) for c in conts]
                     continue
@@ -458,12 +459,12 @@ class TextModel:
             raise ValueError(f"a continuation of {continuations} encodes to no tokens")
         return ctx, conts
 
-    def _scoring_prefix(self, prefix: _Prefix | None, previous: list[int], ids: list[int]) -> _Prefix | None:
+    def _scoring_prefix(self, prefix: _Prefix | None, ids: list[int], following: list[int]) -> _Prefix | None:
         """The prefix to score ``ids`` from: the one kept while ``ids`` starts with it, else the long common
-        prefix with the context before, run now (None when too short, or where the cache cannot take it)."""
+        prefix with the context that follows, run now (None when too short, or where the cache cannot take it)."""
         if prefix is not None and len(ids) > len(prefix.ids) and ids[:len(prefix.ids)] == prefix.ids:
             return prefix
-        n = min(len(os.path.commonprefix([previous, ids])), len(ids) - 1)
+        n = min(len(os.path.commonprefix([ids, following])), len(ids) - 1)
         if n < MIN_SHARED_PREFIX or virtual_tokens(self.model):
             return None
         return self._prefix_kv(ids[:n])
