@@ -20,9 +20,9 @@ from typing import Any
 from benchmarks.common import write_result
 from fedllm.eval import generation
 
-PHASES = {"generate": "the whole of TextModel.generate", "_prefill": "prompts entering (prefill)",
-          "_step": "decoding steps (forward and draft checks)", "_retire": "finished rows leaving the batch",
-          "_take": "per-token bookkeeping (sampling, stop strings, code blocks)"}
+# TextModel.generate whole; prompts entering; decoding steps (forward, draft checks); finished rows leaving the
+# batch; per-token bookkeeping (sampling, stop strings, code blocks). Rows joining: the module's _merge.
+PHASES = ("generate", "_prefill", "_step", "_retire", "_take")
 
 
 def timed(seconds: defaultdict[str, float], calls: Counter[str], name: str, f: Callable[..., Any]) -> Callable[..., Any]:

@@ -692,7 +692,7 @@ def test_a_shared_few_shot_prefix_runs_once_and_answers_do_not_change(tiny_lm, m
           "Question: hi", "Question: what is two?"]
     reqs = [GenRequest(str(i), prompt_text([*shots, Message("user", q)], tpl),
                        Decoding(temperature=0.0 if i % 2 else 0.9, max_new_tokens=16), seed=i) for i, q in enumerate(qs)]
-    shared = generation._common_prefix([generation._Row(r, tiny_lm.encode(r.prompt)) for r in reqs])
+    shared = generation._common_prefix([tiny_lm.encode(r.prompt) for r in reqs])
     assert shared >= generation.MIN_SHARED_PREFIX
     alone = [tiny_lm.generate([r])[0] for r in reqs]
     prefixes, prompt_tokens = [], []
@@ -715,13 +715,13 @@ def test_a_shared_few_shot_prefix_runs_once_and_answers_do_not_change(tiny_lm, m
 
 
 def test_common_prefix_leaves_every_row_a_token_of_its_own():
-    from fedllm.eval.generation import _common_prefix, _Row
+    from fedllm.eval.generation import _common_prefix
 
-    rows = [_Row(GenRequest("a", "", Decoding()), [1, 2, 3]), _Row(GenRequest("b", "", Decoding()), [1, 2, 3, 4])]
+    rows = [[1, 2, 3], [1, 2, 3, 4]]
     assert _common_prefix(rows) == 2
-    rows.append(_Row(GenRequest("c", "", Decoding()), [1, 5]))
+    rows.append([1, 5])
     assert _common_prefix(rows) == 1
-    assert _common_prefix([_Row(GenRequest("d", "", Decoding()), [7, 8])] * 2) == 1
+    assert _common_prefix([[7, 8]] * 2) == 1
 
 
 def test_a_base_model_alone_is_frozen_so_its_weights_can_be_stored_for_inference(tiny_run):

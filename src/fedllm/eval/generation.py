@@ -97,10 +97,10 @@ MIN_SHARED_PREFIX = 64  # tokens; a chat template's system prompt alone is not w
 DRAFT_TOKENS = 4  # prompt-lookup draft checked per greedy row and step (benchmarks/RESULTS.md (d⁶): 2 and 3 gain less)
 
 
-def _common_prefix(rows: Sequence[_Row]) -> int:
-    """Length of the token prefix all rows share, leaving every row at least one token of its own."""
-    shared = len(os.path.commonprefix([r.ids for r in rows]))
-    return max(min(shared, min(len(r.ids) for r in rows) - 1), 0)
+def _common_prefix(token_lists: Sequence[list[int]]) -> int:
+    """Length of the token prefix all lists share, leaving every list at least one token of its own."""
+    shared = len(os.path.commonprefix(list(token_lists)))
+    return max(min(shared, min(map(len, token_lists)) - 1), 0)
 
 
 def _sample(logits: torch.Tensor, d: Decoding, gen: torch.Generator | None) -> int:
@@ -270,13 +270,13 @@ class TextModel:
     def _shared_prefix(self, rows: Sequence[_Row]) -> _Prefix | None:
         """The group's common prompt prefix with its keys and values, when it is long enough to be worth
         running once (few-shot prompts) and the cache can take it; else None."""
-        n = _common_prefix(rows) if len(rows) > 1 else 0
-        if n < MIN_SHARED_PREFIX or virtual_tokens(self.model):
-            return None
-        return self._prefix_kv(rows[0].ids[:n])
+        return self._prefix_kv(rows[0].ids[:_common_prefix([r.ids for r in rows])]) if len(rows) > 1 else None
 
     def _prefix_kv(self, ids: list[int]) -> _Prefix | None:
-        """``ids`` run once, with their keys and values per layer; None where the cache cannot take them."""
+        """``ids`` run once, with their keys and values per layer; None when shorter than MIN_SHARED_PREFIX,
+        before virtual tokens, or where the cache cannot take them."""
+        if len(ids) < MIN_SHARED_PREFIX or virtual_tokens(self.model):
+            return None
         past = growing_cache(self.model.config, len(ids), self._cache_dtype())
         if past is None:
             return None
@@ -305,9 +305,7 @@ class TextModel:
         positions = (mask.cumsum(-1) - 1).clamp(min=0) + skip
         if prefix is not None:  # the prefix's keys and values in front, then each row's own tokens
             step, first, pos = self.model, {"input_ids": ids}, positions
-            past = growing_cache(self.model.config, skip + width + max_new, self._cache_dtype())
-            for layer, (k, v) in zip(past.layers, prefix.layers):
-                layer.update(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
+            past = self._cache_from(prefix, len(rows), skip + width + max_new)
             mask = torch.cat([mask.new_ones((len(rows), skip)), mask], dim=1)
         else:
             step, first, mask = decoding_start(self.model, ids, mask, positions)  # virtual tokens
@@ -320,6 +318,13 @@ class TextModel:
                        logits_to_keep=1)
         return _Batch(rows, step, out.past_key_values, mask, pos[:, -1:] + 1,
                       self._sample_rows(rows, out.logits[:, -1, :], stop))
+
+    def _cache_from(self, prefix: _Prefix, rows: int, capacity: int) -> Any:
+        """A cache for ``rows`` rows of up to ``capacity`` positions, each starting with the prefix's keys and values."""
+        past = growing_cache(self.model.config, capacity, self._cache_dtype())
+        for layer, (k, v) in zip(past.layers, prefix.layers):
+            layer.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+        return past
 
     def _cache_dtype(self) -> torch.dtype | None:
         """bf16 under bf16 autocast, whose attention casts keys and values to it anyway; else as computed."""
@@ -436,16 +441,17 @@ class TextModel:
             while current is not None:
                 ctx, conts = current
                 current = next(encoded, None)
-                if all(len(c) == 1 for c in conts):
-                    prefix = self._scoring_prefix(prefix, ctx, current[0] if current is not None else [])
-                    logp = self._last_logprobs(ctx, prefix)
-                    yield [float(logp[c[0]]) for c in conts]
+                if any(len(c) > 1 for c in conts):
+                    yield [self._sequence_logprob(ctx, c) for c in conts]
                     continue
-                scores = []
-                for c in conts:
-                    logp = self._logprobs(ctx + c[:-1])
-                    scores.append(float(sum(logp[len(ctx) - 1 + k, t] for k, t in enumerate(c))))
-                yield scores
+                prefix = self._scoring_prefix(prefix, ctx, current[0] if current is not None else [])
+                logp = self._last_logprobs(ctx, prefix)
+                yield [float(logp[c[0]]) for c in conts]
+
+    def _sequence_logprob(self, ctx: list[int], continuation: list[int]) -> float:
+        """Sum of the continuation's token log-probabilities after ``ctx``, from one forward over both."""
+        logp = self._logprobs(ctx + continuation[:-1])
+        return float(sum(logp[len(ctx) - 1 + k, t] for k, t in enumerate(continuation)))
 
     def _encode_continuations(self, context: str, continuations: Sequence[str]) -> tuple[list[int], list[list[int]]]:
         """The context's tokens and each continuation's, tokenised jointly as the text would be read (separately
@@ -464,10 +470,7 @@ class TextModel:
         prefix with the context that follows, run now (None when too short, or where the cache cannot take it)."""
         if prefix is not None and len(ids) > len(prefix.ids) and ids[:len(prefix.ids)] == prefix.ids:
             return prefix
-        n = min(len(os.path.commonprefix([ids, following])), len(ids) - 1)
-        if n < MIN_SHARED_PREFIX or virtual_tokens(self.model):
-            return None
-        return self._prefix_kv(ids[:n])
+        return self._prefix_kv(ids[:_common_prefix([ids, following])])
 
     def _last_logprobs(self, ids: list[int], prefix: _Prefix | None) -> torch.Tensor:
         """Log-probabilities of the token after ``ids``; with a prefix, only the tokens after it run, on its
@@ -475,14 +478,11 @@ class TextModel:
         if prefix is None:
             return self._logprobs(ids, last_only=True)[-1]
         n, device = len(prefix.ids), self.precision.device
-        past = growing_cache(self.model.config, len(ids), self._cache_dtype())
-        for layer, (k, v) in zip(past.layers, prefix.layers):
-            layer.update(k, v)
         rest = torch.tensor([ids[n:]], device=device)
         with self.precision.autocast():
             out = self.model(input_ids=rest, attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
-                             position_ids=torch.arange(n, len(ids), device=device)[None], past_key_values=past,
-                             use_cache=True, logits_to_keep=1)
+                             position_ids=torch.arange(n, len(ids), device=device)[None],
+                             past_key_values=self._cache_from(prefix, 1, len(ids)), use_cache=True, logits_to_keep=1)
         return torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
 
     def _logprobs(self, ids: list[int], last_only: bool = False) -> torch.Tensor:
