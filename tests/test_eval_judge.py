@@ -464,6 +464,7 @@ def test_server_start_ready_config_and_stop(gguf: Path, tmp_path: Path) -> None:
     cmd = LocalJudgeServer(gguf, port=1234, threads=2).command()
     assert cmd[1:3] == ["-m", "llama_cpp.server"] and cmd[cmd.index("--port") + 1] == "1234"
     assert cmd[cmd.index("--n_threads") + 1] == "2" and cmd[cmd.index("--model_alias") + 1] == "local-judge"
+    assert cmd[cmd.index("--n_threads_batch") + 1] == "2"
 
 
 def test_server_that_dies_reports_its_log(gguf: Path) -> None:

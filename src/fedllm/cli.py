@@ -24,14 +24,9 @@ err_console = Console(stderr=True)
 @app.callback()
 def _quiet_libraries() -> None:
     """Keep the terminal for fedllm's own progress: silence library progress bars and deprecation chatter."""
-    import warnings
+    from fedllm.quiet import quiet_libraries
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
     import absl.logging  # dp-accounting's: its numerical warnings are about orders it leaves out, not about the run
 
     absl.logging.set_verbosity(absl.logging.ERROR)
@@ -498,13 +493,16 @@ def evaluate(
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="answers generated together (CPU decoding is "
                                    "bound by reading the weights: larger batches are faster)"),
     redo: bool = typer.Option(False, "--redo", help="recompute finished metrics (per-item caches are still used)"),
+    workers: str = typer.Option("auto", "--workers", help="processes sharing the CPU's threads, each evaluating whole "
+                                "(target, metric) units; auto: 2 on a CPU where two fit in memory, else 1. "
+                                "Answers do not depend on it"),
 ) -> None:
     """Evaluate runs, checkpoints, adapters or the base model; per-item files and a results table."""
     from contextlib import ExitStack
 
     from fedllm.config import ConfigError, apply_overrides
     from fedllm.eval.metrics import METRICS
-    from fedllm.eval.runner import EvalSettings, print_results, run_evaluation, write_results
+    from fedllm.eval.runner import EvalSettings, evaluation_plan, print_results, run_evaluation, write_results
     from fedllm.eval.target import TargetError, resolve_targets
 
     if metrics.strip() == "list":
@@ -519,6 +517,8 @@ def evaluate(
         raise ConfigError("fedllm eval: name what to evaluate (run directories, <run>@round-N, adapter directories "
                           "or 'base'), e.g. `fedllm eval runs/fedavg base --metrics heldout`")
     names = [m.strip() for m in metrics.split(",") if m.strip()]
+    if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
+        raise ConfigError(f"--workers {workers}: expected auto or a number of processes (1 or more)")
     parsed = apply_overrides({}, options or [])  # "metric.key=v" nests under the metric; "key=v" applies to all
     per_metric: dict[str, dict[str, Any]] = {k: v for k, v in parsed.items() if isinstance(v, dict)}
     per_metric["*"] = glob = {k: v for k, v in parsed.items() if not isinstance(v, dict)}
@@ -532,6 +532,9 @@ def evaluate(
         resolved = resolve_targets(targets, model=model, out_root=out)
     except TargetError as e:
         raise ConfigError(str(e)) from None
+    settings = EvalSettings(metrics=names, options=per_metric, data_dir=data_dir, seed=seed, batch_size=batch_size,
+                            redo=redo, workers=workers if workers == "auto" else int(workers))
+    plan = evaluation_plan(resolved, settings)
     with ExitStack() as stack:
         judge = None
         if judge_local:
@@ -544,7 +547,9 @@ def evaluate(
             from fedllm.eval.judge_server import LocalJudgeServer, embedded_gguf_path
 
             gguf = embedded_gguf_path() if judge_local == "embedded" else Path(judge_local)
-            server = stack.enter_context(LocalJudgeServer(gguf, log_path=out / "judge-server.log"))
+            # beside worker processes, the judge takes one worker's share of the threads, not every core
+            server = stack.enter_context(LocalJudgeServer(gguf, log_path=out / "judge-server.log",
+                                                          threads=plan.threads if plan.workers > 1 else None))
             # llama.cpp serves one request at a time and wants its own structured-output form
             judge = server.judge_config(**({} if judge_output == "auto" else {"output": judge_output}))
             err_console.print(f"local judge: {gguf.name} at {server.base_url} (a small judge's scores only test the pipeline)")
@@ -556,9 +561,8 @@ def evaluate(
                                     max_concurrency=judge_concurrency)
             except ValueError as e:
                 raise ConfigError(f"judge: {e}") from None
-        settings = EvalSettings(metrics=names, options=per_metric, data_dir=data_dir, judge=judge, seed=seed,
-                                batch_size=batch_size, redo=redo)
-        rows = run_evaluation(resolved, settings, err_console)
+        settings.judge = judge
+        rows = run_evaluation(resolved, settings, err_console, workers=plan)
     print_results(rows, names, console)
     json_path, csv_path = write_results(rows, names, out)
     console.print(f"results: {json_path}, {csv_path}; per-item files under each target's eval/ directory")

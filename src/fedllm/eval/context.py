@@ -61,6 +61,7 @@ class EvalContext:
     judge_factory: Callable[[Path], Any] | None = None
     batch_size: int = 8
     console: Console = field(default_factory=lambda: Console(stderr=True))
+    bars: Callable[[str, int], Any] | None = None  # progress bars elsewhere than the console (a worker's, sent to its parent)
     stats: dict[str, float] = field(default_factory=lambda: {"generated_tokens": 0, "generation_seconds": 0.0})
 
     # ------------------------------------------------------------------ options
@@ -161,8 +162,8 @@ class EvalContext:
             return self.judge.rate(reqs, progress=lambda n=1: advance(n))
 
     def progress(self, desc: str, total: int) -> Any:
-        """A progress bar on the evaluation's console; yields advance(n)."""
-        return progress_bar(self.console, desc, total)
+        """A progress bar on the evaluation's console (or ``bars``); yields advance(n)."""
+        return self.bars(desc, total) if self.bars is not None else progress_bar(self.console, desc, total)
 
 
 GLOBAL_OPTIONS = {"max_items", "max_new_tokens", "temperature"}

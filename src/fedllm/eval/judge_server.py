@@ -105,8 +105,8 @@ class LocalJudgeServer:
         """The command line that starts the server."""
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf_path), "--host", "127.0.0.1",
                "--port", str(self.port), "--model_alias", self.model_alias, "--n_ctx", str(self.n_ctx)]
-        if self.threads is not None:
-            cmd += ["--n_threads", str(self.threads)]
+        if self.threads is not None:  # for decoding and for prompts (llama.cpp's default: every core for prompts)
+            cmd += ["--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)]
         return cmd
 
     def start(self) -> LocalJudgeServer:

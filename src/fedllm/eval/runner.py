@@ -13,20 +13,24 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedllm.data.formatting import get_template
 from fedllm.eval.context import EvalContext, EvalError
-from fedllm.models.stored_weights import store_for_inference
 from fedllm.eval.generation import TextModel
 from fedllm.eval.metrics import get_metric
 from fedllm.eval.target import Target
+from fedllm.eval.workers import Plan, available_memory, plan, run_in_workers
+from fedllm.models.stored_weights import store_for_inference
 from fedllm.hashing import stable_hash
 from fedllm.jsonl import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
@@ -42,6 +46,7 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 8
     redo: bool = False
+    workers: str | int = 1  # worker processes ("auto": by the machine, `workers.plan`); never changes a number
 
     def metric_options(self, metric: str) -> dict[str, Any]:
         return {**self.options.get("*", {}), **self.options.get(metric, {})}
@@ -90,46 +95,110 @@ def select_target(target: Target, base: Any, slot: Any) -> Any:
     return nullcontext()
 
 
-def run_evaluation(targets: list[Target], settings: EvalSettings, console: Console | None = None) -> list[dict[str, Any]]:
-    """Evaluate; returns one row per target: {"target", "kind", "out_dir", <columns>..., "_metrics": {...}}."""
+class UnitRunner:
+    """Runs (target index, metric name) units; loads a model group's base model when a unit of that group
+    comes (keeping the last one), so targets sharing a model load it once. ``bars`` replaces the console's
+    progress bars (a worker process forwards them to the parent)."""
+
+    def __init__(self, targets: list[Target], settings: EvalSettings, console: Console | None = None,
+                 bars: Callable[[str, int], Any] | None = None) -> None:
+        self.targets, self.settings, self.bars = targets, settings, bars
+        self.console = console or Console(stderr=True)
+        self.judge_factory = None
+        if settings.judge is not None:
+            from fedllm.eval.judge import Judge
+
+            self.judge_factory = lambda path: Judge(settings.judge, cache_path=path)
+        self._key: str | None = None
+        self._loaded: tuple[Any, Any, Any, TextModel] | None = None
+
+    def _load(self, key: str) -> tuple[Any, Any, Any, TextModel]:
+        if self._key != key or self._loaded is None:
+            self._loaded = None  # the previous group's model goes before the next one loads
+            group = [t for t in self.targets if t.model_key() == key]
+            base, slot = load_targets_model(group)
+            store_for_inference(base.model, base.precision)  # the run's own precision (auto: measured)
+            text_model = TextModel(base.model, base.tokenizer, base.precision, end_of_turn_ids(base.tokenizer))
+            self._key = key
+            self._loaded = (base, slot, get_template(group[0].cfg.data.template, base.tokenizer), text_model)
+        return self._loaded
+
+    def __call__(self, unit: tuple[int, str]) -> dict[str, Any]:
+        t, m = self.targets[unit[0]], get_metric(unit[1])
+        base, slot, template, text_model = self._load(t.model_key())
+        with select_target(t, base, slot):
+            ctx = EvalContext(metric=m.name, target=t, model=text_model, template=template,
+                              fingerprint=_fingerprint(t, text_model.precision.name), out_dir=t.out_dir / m.name,
+                              options=self.settings.metric_options(m.name), data_dir=self.settings.data_dir,
+                              seed=self.settings.seed, judge_factory=self.judge_factory,
+                              batch_size=self.settings.batch_size, console=self.console, bars=self.bars)
+            return _run_metric(ctx, m, self.settings)
+
+
+def run_evaluation(targets: list[Target], settings: EvalSettings, console: Console | None = None,
+                   workers: Plan | None = None) -> list[dict[str, Any]]:
+    """Evaluate; returns one row per target: {"target", "kind", "out_dir", <columns>..., "_metrics": {...}}.
+    Units left to compute run in one process or spread over worker processes (``workers``, else as
+    ``evaluation_plan`` decides)."""
     console = console or Console(stderr=True)
+    rows, units = _pending(targets, settings)
+    p = workers or plan_for(targets, settings, len(units))
+
+    def record(unit: tuple[int, str], done: dict[str, Any]) -> None:
+        rows[unit[0]]["_metrics"][unit[1]] = done
+        rows[unit[0]].update(done["columns"])
+
+    def describe(unit: tuple[int, str]) -> str:
+        return f"{targets[unit[0]].label}: {unit[1]}"
+
+    if p.workers > 1 and len(units) > 1:
+        p = Plan(min(p.workers, len(units)), p.threads, p.why)
+        console.print(f"evaluating in {p.workers} processes of {p.threads} thread{'s' * (p.threads > 1)} "
+                      f"({p.why}; --workers 1: one process)", highlight=False)
+        run_in_workers(units, partial(UnitRunner, targets, settings), workers=p.workers, threads=p.threads,
+                       kind=lambda u: u[1], describe=describe, on_done=record, console=console)
+    else:
+        run = UnitRunner(targets, settings, console)
+        for unit in units:
+            console.print(f"[bold]{escape(targets[unit[0]].label)}[/]: {unit[1]}", highlight=False)
+            record(unit, run(unit))
+    return rows
+
+
+def evaluation_plan(targets: list[Target], settings: EvalSettings) -> Plan:
+    """How the evaluation will run here (worker processes and threads), known before it starts, so that a
+    judge started alongside can take the same share of the CPU."""
+    return plan_for(targets, settings, len(targets) * len(settings.metrics))  # at most; finished ones are read back
+
+
+def _pending(targets: list[Target], settings: EvalSettings) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """A row per target with its finished metrics read back, and the (target, metric) units left to compute
+    (a model group's targets together)."""
     metrics = [get_metric(m) for m in settings.metrics]
     if settings.judge is None and (needing := [m.name for m in metrics if m.needs_judge]):
         raise EvalError(f"{', '.join(needing)} {'needs' if len(needing) == 1 else 'need'} an LLM judge: pass "
                         f"--judge-model (and --judge-base-url for a local or other OpenAI-compatible server)")
-    judge_factory = None
-    if settings.judge is not None:
-        from fedllm.eval.judge import Judge
+    rows = [{"target": t.label, "kind": t.kind, "out_dir": str(t.out_dir), "_metrics": {}} for t in targets]
+    keys = list(dict.fromkeys(t.model_key() for t in targets))
+    units = [(i, m.name) for key in keys for i, t in enumerate(targets) if t.model_key() == key
+             for m in metrics if not _reuse(t, m, settings, rows[i])]
+    return rows, units
 
-        judge_factory = lambda path: Judge(settings.judge, cache_path=path)  # noqa: E731
-    rows = {id(t): {"target": t.label, "kind": t.kind, "out_dir": str(t.out_dir), "_metrics": {}} for t in targets}
-    groups: dict[str, list[Target]] = {}
-    for t in targets:
-        groups.setdefault(t.model_key(), []).append(t)
-    for group in groups.values():
-        pending = [(t, m) for t in group for m in metrics if not _reuse(t, m, settings, rows[id(t)])]
-        if not pending:
-            continue
-        base, slot = load_targets_model(group)
-        template = get_template(group[0].cfg.data.template, base.tokenizer)
-        precision = base.precision  # the run's own (auto: measured), decoding as fast as fp32 or faster
-        store_for_inference(base.model, precision)
-        text_model = TextModel(base.model, base.tokenizer, precision, end_of_turn_ids(base.tokenizer))
-        for t in group:
-            todo = [m for tt, m in pending if tt is t]
-            if not todo:
-                continue
-            with select_target(t, base, slot):
-                fp = _fingerprint(t, precision.name)
-                for m in todo:
-                    ctx = EvalContext(metric=m.name, target=t, model=text_model, template=template, fingerprint=fp,
-                                      out_dir=t.out_dir / m.name, options=settings.metric_options(m.name),
-                                      data_dir=settings.data_dir, seed=settings.seed, judge_factory=judge_factory,
-                                      batch_size=settings.batch_size, console=console)
-                    console.print(f"[bold]{t.label}[/]: {m.name}", highlight=False)
-                    rows[id(t)]["_metrics"][m.name] = _run_metric(ctx, m, settings)
-                    rows[id(t)].update(rows[id(t)]["_metrics"][m.name]["columns"])
-    return [rows[id(t)] for t in targets]
+
+def plan_for(targets: list[Target], settings: EvalSettings, units: int) -> Plan:
+    """The worker plan for these targets on this machine (``workers.plan`` with its facts)."""
+    import torch
+
+    from fedllm.models.loading import weights_bytes
+    from fedllm.models.precision import resolve_device
+
+    try:
+        cuda = any(resolve_device(t.cfg.model.device).type == "cuda" for t in targets)
+    except ValueError:  # a device that is not there: loading the model says so, in one process
+        return Plan(1, torch.get_num_threads(), "the model's device is not available")
+    sizes = [weights_bytes(t.cfg.model) for t in {t.model_key(): t for t in targets}.values()]
+    size = None if None in sizes else max(sizes, default=0)
+    return plan(settings.workers, units, torch.get_num_threads(), cuda, size, available_memory())
 
 
 def _fingerprint(t: Target, precision: str) -> str:

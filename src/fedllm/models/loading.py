@@ -89,3 +89,36 @@ def load_base_model(cfg: Any) -> BaseModel:
     model.to(device)
     name, why = resolve_precision(cfg.precision, device, model, cache_root())
     return BaseModel(model=model, tokenizer=tokenizer, precision=Precision(name, device, why), source=source)
+
+
+def weights_bytes(cfg: Any) -> int | None:
+    """Bytes of ``cfg.model``'s weight files as stored, without loading them; None where they are not on this
+    machine yet (a hub model not downloaded, a GGUF whose dequantized size is not its file's)."""
+    name = cfg.name
+    if name == "tiny":
+        return 0  # a test model of a few hundred kilobytes
+    if name.lower() in embedded.ALIASES:
+        path: Path | None = embedded.model_dir()
+    elif name.endswith(".gguf"):
+        return None
+    else:
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            path = _hub_snapshot(name, cfg.revision)
+    if path is None:
+        return None
+    files = [f for pattern in ("*.safetensors", "*.bin") for f in path.glob(pattern)]
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+def _hub_snapshot(name: str, revision: str | None) -> Path | None:
+    """The local snapshot directory of a hub model already in the hub's cache, else None (never downloads)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        hit = try_to_load_from_cache(name, "config.json", revision=revision)
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None

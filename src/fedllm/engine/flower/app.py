@@ -35,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def _serve(msg: Message, context: Context, handler: Any) -> Message:
     """Run a node-side request; a problem the node can name is one line back to the server."""
-    from fedllm.engine.flower.serve import quiet_libraries
+    from fedllm.quiet import quiet_libraries
 
     quiet_libraries()
     from fedllm.config import ConfigError

@@ -14,6 +14,7 @@ from rich.console import Console
 from fedllm.config import ConfigError, build_config
 from fedllm.engine.flower.server import FederatedEvaluator, FlowerFleet
 from fedllm.engine.progress import Reporter, _Silent
+from fedllm.quiet import quiet_libraries
 from fedllm.runs import CHECKPOINTS, RunError
 
 
@@ -34,18 +35,6 @@ class LogReporter(Reporter):
     def rounds(self, total: int, start: int, title: str) -> Iterator[_Silent]:
         self.info(f"{title}: rounds {start + 1}..{total}")
         yield _Lines(self.console, total, start)
-
-
-def quiet_libraries() -> None:
-    """Keep the app's log for fedllm's lines: no library progress bars or deprecation chatter."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def run_server(grid: Any, run_config: dict[str, Any]) -> dict[str, Any] | None:
