@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks.common import median, write_result
 
-CLI = [sys.executable, "-c", "from fedllm.cli import app; app()"]
+CLI = [sys.executable, "-m", "fedllm.cli"]
 
 
 def _fresh_targets(args: list[str], into: Path) -> list[str]:

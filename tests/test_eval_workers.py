@@ -26,7 +26,7 @@ def test_auto_takes_two_workers_only_on_a_cpu_where_two_workers_with_a_real_mode
     size = 540 * 2**20  # the embedded model's fp32 weights
     two = plan("auto", units=18, threads=2, cuda=False, weights_bytes=size, available_bytes=20 * GiB)
     assert (two.workers, two.threads) == (2, 1)
-    assert plan("auto", 18, 16, False, size, 20 * GiB).split == (2, 8)
+    assert _split(plan("auto", 18, 16, False, size, 20 * GiB)) == (2, 8)
     assert plan("auto", 18, 2, True, size, 20 * GiB).workers == 1  # one GPU: one process
     assert plan("auto", 1, 2, False, size, 20 * GiB).workers == 1  # one unit left
     assert plan("auto", 18, 1, False, size, 20 * GiB).workers == 1  # one thread to share
@@ -34,9 +34,13 @@ def test_auto_takes_two_workers_only_on_a_cpu_where_two_workers_with_a_real_mode
     assert plan("auto", 18, 2, False, MIN_WEIGHTS_BYTES - 1, 20 * GiB).workers == 1  # start-up would dominate
     assert plan("auto", 18, 2, False, size, 14 * size / 0.75 - 1).workers == 1  # 2 workers x 7 x weights, in 3/4
     assert plan("auto", 18, 2, False, size, 14 * size / 0.75 + 1).workers == 2
-    assert plan(3, 18, 12, True, None, None).split == (3, 4)  # a number is taken as asked ...
-    assert plan(8, 2, 12, False, size, 20 * GiB).split == (2, 6)  # ... up to one per unit
-    assert plan(4, 18, 2, False, size, 20 * GiB).split == (2, 1)  # ... and one per thread
+    assert _split(plan(3, 18, 12, True, None, None)) == (3, 4)  # a number is taken as asked ...
+    assert _split(plan(8, 2, 12, False, size, 20 * GiB)) == (2, 6)  # ... up to one per unit
+    assert _split(plan(4, 18, 2, False, size, 20 * GiB)) == (2, 1)  # ... and one per thread
+
+
+def _split(p) -> tuple[int, int]:
+    return p.workers, p.threads
 
 
 def test_units_of_untimed_metrics_start_first_then_the_longest():

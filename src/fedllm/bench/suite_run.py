@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedllm.bench.suite import RUN_METRIC, Cell, Suite, save_snapshot
+from fedllm.children import die_with_parent
 from fedllm.config import config_fingerprint, dump_config
 from fedllm.jsonl import JsonlCache, write_json_atomic, write_text_atomic
 from fedllm.runs import GROUPS, GROUPS_DIR, SUMMARY, RunError, is_grouped, read_run_config, started
@@ -115,16 +115,6 @@ def plan(suite: Suite, store: ResultsStore) -> list[Step]:
             missing = [m for m in suite.spec.metrics if m not in store.sources(cell.id, h)]
             steps.append(Step(cell, "evaluate" if missing else "done", ", ".join(missing)))
     return steps
-
-
-def _child_setup() -> None:  # pragma: no cover - runs in the child
-    """Die with the suite process (Linux): a killed suite leaves no cell training on behind it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _fedllm(*args: str) -> list[str]:
@@ -224,7 +214,7 @@ def _call(cmd: list[str], log: Path, threads: int, device: str | None) -> None:
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"$ {' '.join(cmd[2:])}\n")
         f.flush()
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=_child_setup)
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
     if rc != 0:
         lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
         last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")

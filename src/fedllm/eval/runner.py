@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -109,23 +109,21 @@ class UnitRunner:
             from fedllm.eval.judge import Judge
 
             self.judge_factory = lambda path: Judge(settings.judge, cache_path=path)
-        self._key: str | None = None
-        self._loaded: tuple[Any, Any, Any, TextModel] | None = None
+        self._loaded: tuple[str, Any, Any, Any, TextModel] | None = None  # model key, base, slot, template, model
 
-    def _load(self, key: str) -> tuple[Any, Any, Any, TextModel]:
-        if self._key != key or self._loaded is None:
+    def _load(self, key: str) -> tuple[str, Any, Any, Any, TextModel]:
+        if self._loaded is None or self._loaded[0] != key:
             self._loaded = None  # the previous group's model goes before the next one loads
             group = [t for t in self.targets if t.model_key() == key]
             base, slot = load_targets_model(group)
             store_for_inference(base.model, base.precision)  # the run's own precision (auto: measured)
             text_model = TextModel(base.model, base.tokenizer, base.precision, end_of_turn_ids(base.tokenizer))
-            self._key = key
-            self._loaded = (base, slot, get_template(group[0].cfg.data.template, base.tokenizer), text_model)
+            self._loaded = (key, base, slot, get_template(group[0].cfg.data.template, base.tokenizer), text_model)
         return self._loaded
 
     def __call__(self, unit: tuple[int, str]) -> dict[str, Any]:
         t, m = self.targets[unit[0]], get_metric(unit[1])
-        base, slot, template, text_model = self._load(t.model_key())
+        _, base, slot, template, text_model = self._load(t.model_key())
         with select_target(t, base, slot):
             ctx = EvalContext(metric=m.name, target=t, model=text_model, template=template,
                               fingerprint=_fingerprint(t, text_model.precision.name), out_dir=t.out_dir / m.name,
@@ -139,10 +137,10 @@ def run_evaluation(targets: list[Target], settings: EvalSettings, console: Conso
                    workers: Plan | None = None) -> list[dict[str, Any]]:
     """Evaluate; returns one row per target: {"target", "kind", "out_dir", <columns>..., "_metrics": {...}}.
     Units left to compute run in one process or spread over worker processes (``workers``, else as
-    ``evaluation_plan`` decides)."""
+    ``evaluation_plan`` decides, with no more workers than units)."""
     console = console or Console(stderr=True)
     rows, units = _pending(targets, settings)
-    p = workers or plan_for(targets, settings, len(units))
+    p = workers or evaluation_plan(targets, settings)
 
     def record(unit: tuple[int, str], done: dict[str, Any]) -> None:
         rows[unit[0]]["_metrics"][unit[1]] = done
@@ -152,7 +150,7 @@ def run_evaluation(targets: list[Target], settings: EvalSettings, console: Conso
         return f"{targets[unit[0]].label}: {unit[1]}"
 
     if p.workers > 1 and len(units) > 1:
-        p = Plan(min(p.workers, len(units)), p.threads, p.why)
+        p = replace(p, workers=min(p.workers, len(units)))
         console.print(f"evaluating in {p.workers} processes of {p.threads} thread{'s' * (p.threads > 1)} "
                       f"({p.why}; --workers 1: one process)", highlight=False)
         run_in_workers(units, partial(UnitRunner, targets, settings), workers=p.workers, threads=p.threads,
@@ -160,15 +158,9 @@ def run_evaluation(targets: list[Target], settings: EvalSettings, console: Conso
     else:
         run = UnitRunner(targets, settings, console)
         for unit in units:
-            console.print(f"[bold]{escape(targets[unit[0]].label)}[/]: {unit[1]}", highlight=False)
+            console.print(f"[bold]{escape(describe(unit))}[/]", highlight=False)
             record(unit, run(unit))
     return rows
-
-
-def evaluation_plan(targets: list[Target], settings: EvalSettings) -> Plan:
-    """How the evaluation will run here (worker processes and threads), known before it starts, so that a
-    judge started alongside can take the same share of the CPU."""
-    return plan_for(targets, settings, len(targets) * len(settings.metrics))  # at most; finished ones are read back
 
 
 def _pending(targets: list[Target], settings: EvalSettings) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
@@ -185,8 +177,9 @@ def _pending(targets: list[Target], settings: EvalSettings) -> tuple[list[dict[s
     return rows, units
 
 
-def plan_for(targets: list[Target], settings: EvalSettings, units: int) -> Plan:
-    """The worker plan for these targets on this machine (``workers.plan`` with its facts)."""
+def evaluation_plan(targets: list[Target], settings: EvalSettings) -> Plan:
+    """How the evaluation will run here (worker processes and threads, ``workers.plan`` with this machine's
+    facts), known before it starts, so that a judge started alongside can take the same share of the CPU."""
     import torch
 
     from fedllm.models.loading import weights_bytes
@@ -198,6 +191,7 @@ def plan_for(targets: list[Target], settings: EvalSettings, units: int) -> Plan:
         return Plan(1, torch.get_num_threads(), "the model's device is not available")
     sizes = [weights_bytes(t.cfg.model) for t in {t.model_key(): t for t in targets}.values()]
     size = None if None in sizes else max(sizes, default=0)
+    units = len(targets) * len(settings.metrics)  # at most: finished ones are read back, and fewer are capped
     return plan(settings.workers, units, torch.get_num_threads(), cuda, size, available_memory())
 
 

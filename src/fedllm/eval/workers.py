@@ -12,6 +12,7 @@ left with a long unit at the end), shows the workers' progress bars, and re-rais
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing as mp
 import queue
 import time
@@ -42,10 +43,6 @@ class Plan:
     threads: int  # torch threads per worker
     why: str
 
-    @property
-    def split(self) -> tuple[int, int]:
-        """(workers, threads each)."""
-        return self.workers, self.threads
 
 
 def plan(requested: str | int, units: int, threads: int, cuda: bool, weights_bytes: int | None,
@@ -165,8 +162,10 @@ def _work(make_runner: Callable[..., Callable[[Unit], Any]], threads: int, tasks
     """A worker: its thread budget, one runner, then units until told to stop (None)."""
     import torch
 
+    from fedllm.children import die_with_parent
     from fedllm.quiet import quiet_libraries
 
+    die_with_parent()  # a parent killed outright takes its workers with it
     quiet_libraries()  # as the parent's console: fedllm's own lines only
     torch.set_num_threads(threads)
     try:
@@ -180,12 +179,11 @@ def _work(make_runner: Callable[..., Callable[[Unit], Any]], threads: int, tasks
 
 
 def _picklable(e: BaseException) -> BaseException:
-    """The exception itself when it crosses processes intact; else a RuntimeError with its text. Unexpected
-    errors carry the worker's traceback as a note."""
+    """The exception itself, with the worker's traceback as a note, when it crosses processes intact; else a
+    RuntimeError with its text."""
     import pickle
 
-    if not isinstance(e, (ValueError, RuntimeError, OSError)) or type(e).__module__ == "builtins":
-        e.add_note("in the evaluation worker:\n" + "".join(traceback.format_exception(e)))
+    e.add_note("in the evaluation worker:\n" + "".join(traceback.format_exception(e)))
     try:
         pickle.loads(pickle.dumps(e))
         return e
@@ -195,7 +193,7 @@ def _picklable(e: BaseException) -> BaseException:
 
 def _forwarded_bars(events: Any, w: int) -> Callable[[str, int], Any]:
     """Progress bars whose updates go to the parent's display."""
-    count = iter(range(1 << 62))
+    count = itertools.count()
 
     @contextlib.contextmanager
     def bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
